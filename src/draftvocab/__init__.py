@@ -1,0 +1,44 @@
+"""draftvocab: choose, train and measure draft vocabularies for speculative decoding.
+
+Public API (everything else is private):
+
+    read_conversations  dataset path / object -> re-iterable conversations
+    ChatSpans           chat template -> assistant spans and supervised token masks
+    count_tokens        conversations -> TokenCounts (assistant-only token frequencies)
+    flops_breakdown     HF config -> DraftFlops (per-token FLOPs of an EAGLE-3 draft)
+    optimize_vocab      counts + DraftFlops -> OptimizeResult (k*, C, R, U)
+    build_mapping       counts + k -> VocabMapping (SpecForge d2t / t2d)
+
+Imports are lazy so that `draftvocab --help` does not pay for torch/transformers.
+"""
+
+from importlib import import_module
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "read_conversations": "conversations",
+    "ChatSpans": "spans",
+    "count_tokens": "counts",
+    "TokenCounts": "counts",
+    "merge_counts": "counts",
+    "flops_breakdown": "flops",
+    "DraftFlops": "flops",
+    "optimize_vocab": "optimize",
+    "OptimizeResult": "optimize",
+    "build_mapping": "mapping",
+    "load_mapping": "mapping",
+    "VocabMapping": "mapping",
+    "DraftVocabError": "errors",
+}
+__all__ = [  # noqa: RUF022 - same order as _EXPORTS
+    "read_conversations", "ChatSpans", "count_tokens", "TokenCounts", "merge_counts",
+    "flops_breakdown", "DraftFlops", "optimize_vocab", "OptimizeResult", "build_mapping",
+    "load_mapping", "VocabMapping", "DraftVocabError", "__version__",
+]
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(import_module(f"draftvocab.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module 'draftvocab' has no attribute {name!r}")
