@@ -1,0 +1,145 @@
+"""Assistant-span masks, proved token by token on hand-checked renders of real templates."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from draftvocab.errors import DraftVocabError
+from draftvocab.spans import ChatSpans, SpanError
+from tests.conftest import TEMPLATE_FILES
+
+KW = {"date_string": "26 Jul 2024"}
+CONV = [
+    {"role": "system", "content": "Be brief."},
+    {"role": "user", "content": "Hi"},
+    {"role": "assistant", "content": " Hello!\n"},
+    {"role": "user", "content": "Say 42"},
+    {"role": "assistant", "content": "42"},
+]
+
+
+def marked(tok, messages, **kw):
+    """Decoded tokens, supervised ones prefixed with '*'."""
+    ids, mask = ChatSpans(tok, template_kwargs=KW, **kw).supervised_tokens(messages)
+    assert ids.dtype == np.int64 and mask.dtype == bool and ids.shape == mask.shape
+    return [("*" if m else "") + tok.decode([i]) for i, m in zip(ids.tolist(), mask)]
+
+
+def supervised(tokens):
+    return [t[1:] for t in tokens if t.startswith("*")]
+
+
+def test_llama31_mask_token_by_token(load_tok):
+    toks = marked(load_tok("llama3", "meta-llama"), CONV)
+    # Llama-3.1 trims content; headers, system/user text and the date line never count.
+    assert toks[-21:] == [
+        "<|start_header_id|>", "assistant", "<|end_header_id|>", "\n\n", "*Hello", "*!",
+        "*<|eot_id|>", "<|start_header_id|>", "user", "<|end_header_id|>", "\n\n", "Say", " ",
+        "42", "<|eot_id|>", "<|start_header_id|>", "assistant", "<|end_header_id|>", "\n\n",
+        "*42", "*<|eot_id|>",
+    ]
+    assert supervised(toks) == ["Hello", "!", "<|eot_id|>", "42", "<|eot_id|>"]
+    assert toks[toks.index("*Hello") - 4:toks.index("*Hello")] == [
+        "<|start_header_id|>", "assistant", "<|end_header_id|>", "\n\n"]
+    assert toks[-2:] == ["*42", "*<|eot_id|>"]
+
+
+def test_llama31_exclude_eot(load_tok):
+    toks = marked(load_tok("llama3", "meta-llama"), CONV, include_eot=False)
+    assert supervised(toks) == ["Hello", "!", "42"]
+
+
+def test_qwen3_injected_think_is_not_supervised(load_tok):
+    toks = marked(load_tok("qwen", "Qwen-Qwen3"), CONV)
+    assert supervised(toks) == [" Hello", "!\n", "<|im_end|>", "4", "2", "<|im_end|>"]
+    # The last turn gets an injected empty think block: scaffold, unsupervised.
+    assert toks[-10:] == ["assistant", "\n", "<think>", "\n\n", "</think>", "\n\n", "*4", "*2",
+                          "*<|im_end|>", "\n"]
+    assert toks.count("<think>") == 1  # only the turn after the last user query gets one
+
+
+def test_qwen3_rewrites_earlier_reasoning_turn_is_reported(load_tok):
+    spans = ChatSpans(load_tok("qwen", "Qwen-Qwen3"))
+    conv = [{"role": "user", "content": "a"},
+            {"role": "assistant", "content": "<think>hmm</think>\n\nanswer"},
+            {"role": "user", "content": "b"}, {"role": "assistant", "content": "c"}]
+    # Qwen3 drops the reasoning of earlier turns: content is rewritten, not just trimmed.
+    with pytest.raises(SpanError) as err:
+        spans.render(conv)
+    assert err.value.reason == "template_rewrites_content"
+
+
+def test_mistral_nemo_moves_system_next_to_last_user(load_tok):
+    tok = load_tok("llama3", "mistralai")
+    conv = [{"role": "system", "content": "SYS"}, {"role": "user", "content": "Hi"},
+            {"role": "assistant", "content": "Yo"}, {"role": "user", "content": "Bye"},
+            {"role": "assistant", "content": "Ciao"}, {"role": "user", "content": "Last"}]
+    text = ChatSpans(tok).render(conv).text
+    assert text.index("SYS") > text.index("Ciao")  # not prefix-stable: system moved late
+    toks = marked(tok, conv)
+    assert supervised(toks) == ["Yo", "<|eot_id|>", "C", "iao", "<|eot_id|>"]
+
+
+def test_gemma_without_system_role_folds_system_into_first_user(load_tok):
+    tok = load_tok("qwen", "google")
+    spans = ChatSpans(tok)
+    rendered = spans.render(CONV)
+    assert rendered.text.startswith("<start_of_turn>user\nBe brief.\n\nHi<end_of_turn>")
+    assert [rendered.text[a:b] for a, b in rendered.spans] == ["Hello!", "42"]
+
+
+def test_deepseek_r1_and_phi(load_tok):
+    tok = load_tok("llama3", "deepseek")
+    assert supervised(marked(tok, CONV)) == [" Hello", "!\n", "42"]  # its EOS is no llama3 token
+    tok = load_tok("llama3", "microsoft")
+    assert supervised(marked(tok, CONV)) == [" Hello", "!\n", "42"]
+
+
+@pytest.mark.parametrize("kind", ["llama3", "qwen"])
+@pytest.mark.parametrize("template", TEMPLATE_FILES)
+def test_every_template_spans_are_exact_content(load_tok, kind, template):
+    tok = load_tok(kind, template.split(".jinja")[0])
+    conv = [{"role": "user", "content": "Tell me a joke."},
+            {"role": "assistant", "content": "Why did the chicken cross the road?"},
+            {"role": "user", "content": "Why?"},
+            {"role": "assistant", "content": "To get to the other side. 1234"}]
+    spans = ChatSpans(tok, template_kwargs=KW)
+    rendered = spans.render(conv)
+    assert [rendered.text[a:b] for a, b in rendered.spans] == [
+        "Why did the chicken cross the road?", "To get to the other side. 1234"]
+    ids, mask = spans.supervised_tokens(conv)
+    text = tok.decode(ids[mask].tolist())
+    assert "Why did the chicken cross the road?" in text and "Tell me" not in text
+    assert "user" not in text and "assistant" not in text
+
+
+def test_template_that_rewrites_content_fails_clearly(load_tok):
+    tok = load_tok("llama3")
+    tok = tok.__class__(tokenizer_object=tok.backend_tokenizer)
+    tok.chat_template = "{% for m in messages %}<{{ m.role }}>{{ m.content | upper }}{% endfor %}"
+    with pytest.raises(DraftVocabError, match="cannot locate assistant spans"):
+        ChatSpans(tok)
+
+
+def test_tokenizer_without_chat_template(load_tok):
+    tok = load_tok("llama3")
+    bare = tok.__class__(tokenizer_object=tok.backend_tokenizer)
+    with pytest.raises(DraftVocabError, match="has no chat template"):
+        ChatSpans(bare)
+
+
+def test_no_assistant_turn_is_a_span_error(load_tok):
+    spans = ChatSpans(load_tok("llama3", "meta-llama"), template_kwargs=KW)
+    with pytest.raises(SpanError) as err:
+        spans.render([{"role": "user", "content": "hello"}])
+    assert err.value.reason == "no_assistant_turn"
+
+
+def test_content_that_contains_template_markup(load_tok):
+    # Content quoting the template's own delimiters must not confuse the span walk.
+    spans = ChatSpans(load_tok("qwen", "Qwen-Qwen2.5"))
+    content = "Use <|im_start|>assistant\\n and <|im_end|> literally"
+    conv = [{"role": "user", "content": "q"}, {"role": "assistant", "content": content}]
+    r = spans.render(conv)
+    assert [r.text[a:b] for a, b in r.spans] == [content]
