@@ -1,0 +1,199 @@
+"""The paper's two figures for one run: utility vs k (Fig. 1) and the coverage–latency
+Pareto front (Fig. 2).
+
+Owns only drawing: it reads an `Objective` and an `OptimizeResult` and writes PNGs. Figures
+are built on `matplotlib.figure.Figure` directly, so nothing touches pyplot's global state.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+
+import numpy as np
+from matplotlib.colors import LogNorm
+from matplotlib.figure import Figure
+
+from draftvocab.atomic import atomic_write
+from draftvocab.objective import Objective
+from draftvocab.optimize import OptimizeResult, Trial
+
+_CURVE_POINTS = 4000  # log-spaced k values: the curve is smooth at that density, and fast
+_SCATTER_POINTS = 200
+_LABEL_BOX = {"boxstyle": "round", "fc": "white", "ec": "0.6", "alpha": 0.9}
+
+
+def _log_grid(k_min: int, k_max: int, n: int, extra: int) -> np.ndarray:
+    grid = np.geomspace(k_min, k_max, num=min(n, k_max - k_min + 1)).round().astype(np.int64)
+    return np.unique(np.concatenate((grid, [k_min, k_max, extra])))
+
+
+def _save(fig: Figure, path: str | os.PathLike) -> Path:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=150, bbox_inches="tight")
+    return atomic_write(path, buf.getvalue())
+
+
+def _tpe_trials(result: OptimizeResult) -> list[Trial]:
+    return result.tpe.trials if result.tpe is not None else []
+
+
+def _first_feasible(objective: Objective) -> int:
+    # Coverage never decreases with k, so the feasible set is one interval [k_c, V].
+    return int(np.searchsorted(objective.coverage, objective.c_min, side="left"))
+
+
+def plot_utility(objective: Objective, result: OptimizeResult, path: str | os.PathLike) -> Path:
+    """Utility vs vocabulary size (log k), TPE trials, k*, and the infeasible region shaded.
+
+    Example:
+        >>> plot_utility(make_objective(counts, flops, 0.5, 0.9), result, "utility.png")
+    """
+    best = result.chosen
+    vocab = objective.vocab_size
+    ks = _log_grid(1, vocab, _CURVE_POINTS, best.k)
+    raw = objective.alpha * objective.coverage + (1 - objective.alpha) * objective.reduction
+    k_c = _first_feasible(objective)
+    feasible = ks >= k_c
+
+    fig = Figure(figsize=(7.5, 4.5))
+    ax = fig.add_subplot()
+    if k_c > 1:
+        ax.axvspan(
+            1,
+            min(k_c, vocab),
+            color="0.85",
+            zorder=0,
+            label=f"infeasible: C(k) < {objective.c_min:g}",
+        )
+        ax.plot(
+            ks[~feasible],
+            raw[ks[~feasible]],
+            color="0.55",
+            ls="--",
+            lw=1,
+            label="U(k) without the constraint",
+        )
+    ax.plot(ks[feasible], raw[ks[feasible]], color="tab:blue", lw=1.8, label="U(k) (exact)")
+    trials = _tpe_trials(result)
+    if trials:
+        tk = np.array([t.k for t in trials])
+        tu = raw[tk]
+        ok = np.array([t.feasible for t in trials])
+        ax.scatter(
+            tk[ok],
+            tu[ok],
+            s=18,
+            color="tab:orange",
+            edgecolor="k",
+            lw=0.4,
+            zorder=3,
+            label=f"TPE trials ({len(trials)})",
+        )
+        if (~ok).any():
+            ax.scatter(
+                tk[~ok],
+                tu[~ok],
+                s=18,
+                facecolor="none",
+                edgecolor="tab:orange",
+                zorder=3,
+                label="TPE trials, infeasible (scored −1)",
+            )
+    ax.axvline(best.k, color="tab:red", lw=1, ls=":")
+    ax.scatter(
+        [best.k],
+        [best.utility],
+        marker="*",
+        s=160,
+        color="tab:red",
+        zorder=4,
+        label=f"k* = {best.k:,}",
+    )
+    ax.annotate(
+        f"k* = {best.k:,}\nU = {best.utility:.3f}\nC = {best.coverage:.1%}, "
+        f"R = {best.reduction:.1%}",
+        xy=(best.k, best.utility),
+        xytext=(-30, -70),
+        textcoords="offset points",
+        ha="right",
+        fontsize=8,
+        bbox=_LABEL_BOX,
+        arrowprops={"arrowstyle": "-", "color": "tab:red", "lw": 0.8},
+    )
+    ax.set_xscale("log")
+    ax.set_xlim(1, vocab)
+    ax.set_xlabel("draft vocabulary size k")
+    ax.set_ylabel(f"utility U(k), α = {objective.alpha:g}")
+    ax.set_title(f"Utility vs draft vocabulary size (V = {vocab:,}, c_min = {objective.c_min:g})")
+    ax.grid(True, which="major", alpha=0.3)
+    ax.legend(fontsize=7, loc="lower left")
+    return _save(fig, path)
+
+
+def plot_pareto(objective: Objective, result: OptimizeResult, path: str | os.PathLike) -> Path:
+    """Coverage vs latency reduction: evaluated k coloured by size, Pareto front, k* star.
+
+    Example:
+        >>> plot_pareto(make_objective(counts, flops, 0.5, 0.9), result, "pareto.png")
+    """
+    best = result.chosen
+    vocab = objective.vocab_size
+    cov, red = objective.coverage, objective.reduction
+    trials = _tpe_trials(result)
+    if trials:
+        pk = np.array([t.k for t in trials])
+    else:
+        pk = _log_grid(result.k_min, result.k_max, _SCATTER_POINTS, best.k)
+    # R falls strictly with k, so k is on the front exactly when it raises coverage.
+    front = _log_grid(1, vocab, _CURVE_POINTS, best.k)
+    front = front[cov[front] > cov[front - 1]]
+
+    fig = Figure(figsize=(7.0, 5.0))
+    ax = fig.add_subplot()
+    ax.plot(red[front], cov[front], color="0.4", lw=1.2, label="Pareto front", zorder=1)
+    points = ax.scatter(
+        red[pk],
+        cov[pk],
+        c=pk,
+        cmap="viridis",
+        norm=LogNorm(vmin=max(1, int(pk.min())), vmax=max(2, int(pk.max()))),
+        s=22,
+        edgecolor="k",
+        lw=0.3,
+        zorder=2,
+        label="TPE trials" if trials else "k on a log grid",
+    )
+    fig.colorbar(points, ax=ax, label="draft vocabulary size k")
+    ax.axhspan(
+        0, objective.c_min, color="0.85", zorder=0, label=f"infeasible: C(k) < {objective.c_min:g}"
+    )
+    ax.scatter(
+        [best.reduction],
+        [best.coverage],
+        marker="*",
+        s=260,
+        color="red",
+        edgecolor="k",
+        lw=0.5,
+        zorder=4,
+        label=f"k* = {best.k:,}",
+    )
+    ax.annotate(
+        f"C = {best.coverage:.1%}\nR = {best.reduction:.1%}",
+        xy=(best.reduction, best.coverage),
+        xytext=(-30, -50),
+        textcoords="offset points",
+        ha="right",
+        fontsize=8,
+        bbox=_LABEL_BOX,
+        arrowprops={"arrowstyle": "-", "color": "red", "lw": 0.8},
+    )
+    ax.set_xlabel("latency reduction R(k) (draft FLOPs)")
+    ax.set_ylabel("token coverage C(k)")
+    ax.set_ylim(max(0.0, cov[pk].min() - 0.05), 1.01)
+    ax.set_title("Coverage–latency trade-off")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7, loc="lower left")
+    return _save(fig, path)
