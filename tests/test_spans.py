@@ -143,3 +143,70 @@ def test_content_that_contains_template_markup(load_tok):
     conv = [{"role": "user", "content": "q"}, {"role": "assistant", "content": content}]
     r = spans.render(conv)
     assert [r.text[a:b] for a, b in r.spans] == [content]
+
+
+# --- windows: encoding only the slices around assistant contents ------------------------------
+
+# Contents that sit right against added tokens, quote them literally, or are empty/whitespace.
+EDGE = [
+    [{"role": "system", "content": "Sys <|eot_id|> <|im_end|> text"},
+     {"role": "user", "content": "Quote the tokens"},
+     {"role": "assistant", "content": "<|eot_id|> and <|im_end|> and <|im_start|>user"}],
+    [{"role": "user", "content": "Empty?"}, {"role": "assistant", "content": ""},
+     {"role": "user", "content": "Spaces?"}, {"role": "assistant", "content": "  \n "}],
+    [{"role": "user", "content": "emoji"}, {"role": "assistant", "content": "done 🎉"},
+     {"role": "user", "content": "?"}, {"role": "assistant", "content": "?<b>x</b>\n\n"}],
+]
+
+
+@pytest.fixture(scope="module")
+def sharegpt_sample():
+    from draftvocab.conversations import read_conversations
+    from draftvocab.presets import get_preset
+
+    path = get_preset("llama3.1-8b").dataset_path()
+    return [c.messages for c in read_conversations(path, skip_bad_lines=True, max_samples=60,
+                                                    seed=1)]
+
+
+@pytest.mark.parametrize("kind", ["llama3", "qwen"])
+@pytest.mark.parametrize("template", TEMPLATE_FILES)
+def test_windows_give_exactly_the_whole_text_tokens(load_tok, kind, template, sharegpt_sample):
+    tok = load_tok(kind, template.removesuffix(".jinja"))
+    fast = ChatSpans(tok, template_kwargs=KW)
+    whole = ChatSpans(tok, template_kwargs=KW, windows=False)
+    assert fast._added is not None and whole._added is None
+    encode = tok.backend_tokenizer.encode
+    skipped_chars = 0
+    for messages in [*EDGE, *sharegpt_sample]:
+        try:
+            rendered = fast.render(messages)
+        except SpanError:
+            continue
+        ids, mask = whole.supervised_tokens(messages)
+        expected = ids[mask].tolist()
+        got = []
+        for w in fast.windows(rendered):
+            enc = encode(w.text, add_special_tokens=False)
+            for r in fast.token_ranges(enc, w, enc.ids):
+                got += enc.ids[r.start:r.stop]
+        assert got == expected, messages
+        skipped_chars += len(rendered.text) - sum(len(w.text) for w in fast.windows(rendered))
+    assert skipped_chars > 0  # user and system text was really left out
+
+
+def test_windows_fall_back_to_whole_text_for_position_dependent_tokenizers():
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<unk>": 0, "▁": 1, "h": 2, "i": 3, "▁h": 4, "▁hi": 5, "<eot>": 6}
+    backend = Tokenizer(models.BPE(vocab, [("▁", "h"), ("▁h", "i")], unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Metaspace(prepend_scheme="first")
+    tok = PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<eot>")
+    tok.chat_template = ("{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}<eot>"
+                         "{% endfor %}")
+    spans = ChatSpans(tok)
+    rendered = spans.render([{"role": "user", "content": "hi"},
+                             {"role": "assistant", "content": "hi"}])
+    assert spans._added is None
+    assert spans.windows(rendered) == [rendered]

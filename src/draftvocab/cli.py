@@ -127,7 +127,7 @@ def _setup(preset: str | None, config: Path | None, tokenizer: Path | None = Non
 
 
 class _CountProgress:
-    """rich progress line: conversations, conversations/s, tokens/s."""
+    """rich progress line: conversations, conversations/s, supervised tokens/s."""
 
     def __init__(self, total: int | None):
         from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
@@ -147,7 +147,7 @@ class _CountProgress:
         self.convs += convs
         self.tokens += tokens
         dt = max(time.perf_counter() - self.start, 1e-9)
-        rate = f"{self.convs / dt:,.0f} conv/s  {self.tokens / dt / 1e3:,.0f}k tok/s"
+        rate = f"{self.convs / dt:,.0f} conv/s  {self.tokens / dt / 1e3:,.0f}k supervised tok/s"
         self.progress.update(self.task, advance=convs, rate=rate)
 
     def __enter__(self):
@@ -206,7 +206,7 @@ WorkersOpt = Annotated[int | None, typer.Option(
 def _counts_summary(c) -> dict[str, Any]:
     m = c.metadata
     return {"vocab_size": c.vocab_size, "conversations": m.get("conversations"),
-            "supervised_tokens": c.total, "rendered_tokens": m.get("rendered_tokens"),
+            "supervised_tokens": c.total,
             "distinct_tokens": int((c.counts > 0).sum()), "skipped": m.get("skipped"),
             "tokenizer": m.get("tokenizer"), "chat_template": m.get("chat_template")}
 

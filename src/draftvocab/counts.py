@@ -13,9 +13,9 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, as_completed, wait
 from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
@@ -101,7 +101,6 @@ def merge_counts(parts: Iterable[TokenCounts]) -> TokenCounts:
     meta.update(
         datasets=[d for p in parts for d in p.metadata.get("datasets", [])],
         conversations=sum(p.metadata.get("conversations", 0) for p in parts),
-        rendered_tokens=sum(p.metadata.get("rendered_tokens", 0) for p in parts),
         supervised_tokens=sum(p.metadata.get("supervised_tokens", 0) for p in parts),
         skipped=dict(sorted(skipped.items())),
         draftvocab_version=__version__,
@@ -116,7 +115,6 @@ def merge_counts(parts: Iterable[TokenCounts]) -> TokenCounts:
 class _BatchResult:
     ids: np.ndarray  # supervised token ids of the batch
     conversations: int
-    rendered_tokens: int
     skipped: Counter
 
 
@@ -126,22 +124,22 @@ _WORKER_SPANS: ChatSpans | None = None
 def _count_batch(batch: list[list[dict[str, str]]], spans: ChatSpans | None = None) -> _BatchResult:
     spans = spans or _WORKER_SPANS
     skipped: Counter[str] = Counter()
-    rendered = []
+    windows: list = []
+    conversations = 0
     for messages in batch:
         try:
-            rendered.append(spans.render(messages))
+            windows.extend(spans.windows(spans.render(messages)))
+            conversations += 1
         except SpanError as exc:
             skipped[exc.reason] += 1
     backend = spans.tokenizer.backend_tokenizer
-    encodings = backend.encode_batch([r.text for r in rendered], add_special_tokens=False)
+    encodings = backend.encode_batch([w.text for w in windows], add_special_tokens=False)
     supervised: list[int] = []
-    n_tokens = 0
-    for enc, r in zip(encodings, rendered):
+    for enc, w in zip(encodings, windows):
         ids = enc.ids
-        n_tokens += len(ids)
-        for rng in spans.token_ranges(enc, r, ids):
+        for rng in spans.token_ranges(enc, w, ids):
             supervised.extend(ids[rng.start:rng.stop])
-    return _BatchResult(np.array(supervised, dtype=np.int64), len(rendered), n_tokens, skipped)
+    return _BatchResult(np.array(supervised, dtype=np.int64), conversations, skipped)
 
 
 def _init_worker(spans: ChatSpans) -> None:
@@ -172,14 +170,14 @@ def count_tokens(
     `conversations` yields message lists (or objects with `.messages`). Work is split into
     batches rendered and tokenised by `workers` processes (default: all cores); at most two
     batches per worker are in flight, so memory stays flat however long the stream.
-    `progress(conversations, tokens)` is called with increments after each batch.
+    `progress(conversations, supervised_tokens)` is called with increments after each batch.
 
     >>> counts = count_tokens(read_conversations("chats.jsonl"), ChatSpans(tok), 128_256)
     """
     workers = workers or os.cpu_count() or 1
     counts = np.zeros(vocab_size, dtype=np.int64)
     skipped: Counter[str] = Counter()
-    totals = {"conversations": 0, "rendered_tokens": 0}
+    totals = {"conversations": 0, "supervised_tokens": 0}
 
     def absorb(res: _BatchResult) -> None:
         if res.ids.size:
@@ -192,9 +190,9 @@ def count_tokens(
             counts[:] += np.bincount(res.ids, minlength=vocab_size)
         skipped.update(res.skipped)
         totals["conversations"] += res.conversations
-        totals["rendered_tokens"] += res.rendered_tokens
+        totals["supervised_tokens"] += res.ids.size
         if progress:
-            progress(res.conversations + sum(res.skipped.values()), res.rendered_tokens)
+            progress(res.conversations + sum(res.skipped.values()), res.ids.size)
 
     batches = _batches(conversations, batch_size)
     if workers == 1:
@@ -204,13 +202,16 @@ def count_tokens(
         ctx = multiprocessing.get_context("fork")
         with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
                                  initargs=(spans,)) as pool:
-            pending: deque[Future] = deque()
+            # Sums commute, so batches are absorbed as they finish, not in order.
+            pending: set[Future] = set()
             for batch in batches:
-                pending.append(pool.submit(_count_batch, batch))
+                pending.add(pool.submit(_count_batch, batch))
                 if len(pending) >= 2 * workers:
-                    absorb(pending.popleft().result())
-            while pending:
-                absorb(pending.popleft().result())
+                    done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                    for fut in done:
+                        absorb(fut.result())
+            for fut in as_completed(pending):
+                absorb(fut.result())
 
     reader_stats = getattr(getattr(conversations, "stats", None), "skipped", None) or {}
     skipped.update(reader_stats)
@@ -225,7 +226,6 @@ def count_tokens(
         "include_eot": spans.include_eot,
         "datasets": [dataset_fingerprint] if dataset_fingerprint else [],
         "conversations": totals["conversations"],
-        "rendered_tokens": totals["rendered_tokens"],
         "supervised_tokens": int(counts.sum()),
         "skipped": dict(sorted(skipped.items())),
         "draftvocab_version": __version__,

@@ -14,11 +14,21 @@ the special token the template emits right after the content (`<|eot_id|>`, `<|i
 Text a template injects into the assistant turn (Qwen3's empty `<think>\n\n</think>\n\n`) is
 scaffold, not content, and is not supervised: the model does not generate it in non-thinking use.
 Tokenisation is left to the caller's batch encoder; this module maps offsets to token ranges.
+
+Counting only needs the tokens around assistant contents. A fast tokenizer cuts its input at
+added tokens (`<|eot_id|>`, `<|im_start|>`, ...) before anything else and tokenises the pieces
+independently, so for tokenizers whose normaliser and pre-tokenizer are local to a piece,
+encoding the slice between the added tokens that enclose a content gives exactly the tokens the
+whole text has there. `ChatSpans.windows` returns those slices and counting skips user and
+system text; any other tokenizer gets the whole text as one window.
 """
 
 from __future__ import annotations
 
+import bisect
 import contextlib
+import json
+import re
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -54,6 +64,13 @@ _PROBE: list[dict[str, str]] = [
 ]
 
 
+# Normalisers and pre-tokenizers that act on each piece on its own, whatever precedes it.
+# Metaspace (its prefix depends on the piece being first), Prepend and the like are left out.
+_LOCAL_NORMALIZERS = {"NFC", "NFD", "NFKC", "NFKD", "Lowercase", "Sequence"}
+_LOCAL_PRE_TOKENIZERS = {"ByteLevel", "Split", "Digits", "Punctuation", "Whitespace",
+                         "WhitespaceSplit", "Sequence"}
+
+
 class SpanError(DraftVocabError):
     """One conversation's spans cannot be located exactly; `reason` is a short stats key."""
 
@@ -81,7 +98,7 @@ class ChatSpans:
     """
 
     def __init__(self, tokenizer, *, template_kwargs: dict[str, Any] | None = None,
-                 include_eot: bool = True, check: bool = True):
+                 include_eot: bool = True, check: bool = True, windows: bool = True):
         if not getattr(tokenizer, "chat_template", None):
             raise DraftVocabError(
                 f"tokenizer '{tokenizer.name_or_path}' has no chat template; "
@@ -94,6 +111,7 @@ class ChatSpans:
         self.special_ids = frozenset(
             {i for i, t in decoder.items() if t.special} | set(tokenizer.all_special_ids)
         )
+        self._added = _added_token_pattern(tokenizer) if windows else None
         if check:
             self.check()
 
@@ -181,6 +199,32 @@ class ChatSpans:
 
     # -- tokens ----------------------------------------------------------------------------
 
+    def windows(self, rendered: RenderedChat) -> list[RenderedChat]:
+        """The slices of `rendered` to encode, each with the content spans inside it.
+
+        A window runs from the added token (or text start) before a content to the one after it
+        (or text end), plus the end-of-turn token when it follows the content directly; windows
+        that overlap are merged. Without a piece-local tokenizer: the whole text.
+        """
+        text = rendered.text
+        if self._added is None:
+            return [rendered]
+        matches = {m.start(): m.end() for m in self._added.finditer(text)}
+        bounds = sorted({0, len(text), *matches, *matches.values()})
+        cut: list[list[int]] = []  # [start, end, first span index, last span index + 1]
+        for i, (a, b) in enumerate(rendered.spans):
+            start = bounds[bisect.bisect_right(bounds, a) - 1]
+            end = bounds[bisect.bisect_left(bounds, b)]
+            if end == b and b in matches:  # the end-of-turn token right after the content
+                end = matches[b]
+            if cut and start < cut[-1][1]:
+                cut[-1][1] = max(cut[-1][1], end)
+                cut[-1][3] = i + 1
+            else:
+                cut.append([start, end, i, i + 1])
+        return [RenderedChat(text[s:e], tuple((a - s, b - s) for a, b in rendered.spans[i:j]))
+                for s, e, i, j in cut]
+
     def token_ranges(self, encoding, rendered: RenderedChat, ids: Sequence[int]) -> list[range]:
         """Token index ranges supervised in `encoding` (a `tokenizers.Encoding` of the text)."""
         n = len(ids)
@@ -216,6 +260,37 @@ class ChatSpans:
         for r in self.token_ranges(enc, rendered, ids):
             mask[r.start:r.stop] = True
         return np.asarray(ids, dtype=np.int64), mask
+
+
+def _added_token_pattern(tokenizer) -> re.Pattern | None:
+    """Regex finding the tokenizer's added tokens as it does, if windows encode exactly.
+
+    The tokenizer matches added tokens (normalized=False) on the raw text, leftmost-longest;
+    the alternation below, longest first, does the same. None when a window could tokenise
+    differently from the whole text: added tokens that strip neighbouring whitespace, match on
+    normalised text or only as whole words, or a normaliser/pre-tokenizer not known to be local.
+    """
+    spec = json.loads(tokenizer.backend_tokenizer.to_str())
+
+    def local(node, allowed) -> bool:
+        if node is None:
+            return True
+        kind = node.get("type")
+        if kind not in allowed:
+            return False
+        children = node.get("normalizers") or node.get("pretokenizers") or []
+        return all(local(c, allowed) for c in children)
+
+    added = spec.get("added_tokens") or []
+    if not added or not (local(spec.get("normalizer"), _LOCAL_NORMALIZERS)
+                         and local(spec.get("pre_tokenizer"), _LOCAL_PRE_TOKENIZERS)):
+        return None
+    if any(t["normalized"] or t["lstrip"] or t["rstrip"] or t["single_word"] for t in added):
+        return None
+    if '"add_prefix_space": true' in json.dumps(spec.get("pre_tokenizer")):
+        return None  # a prefix space per piece: believed local, but not verified here
+    contents = sorted({t["content"] for t in added}, key=len, reverse=True)
+    return re.compile("|".join(map(re.escape, contents)))
 
 
 def _fold_system(messages: list[dict[str, str]]) -> list[dict[str, str]] | None:
