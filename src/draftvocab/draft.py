@@ -6,6 +6,13 @@ Key names and config fields are SpecForge's/SGLang's (`fc.weight`, `midlayer.*`,
 here loads there. The token embedding is the target's, frozen and never saved. Attention is
 written out (not borrowed from transformers) because drafting needs explicit masks: causal over
 the accepted prefix, diagonal across training-time-test steps, ancestor-only inside a tree.
+
+Alignment (EAGLE): the draft's input at position t is the pair (target hidden state of token t,
+embedding of token t+1) and it predicts token t+2, i.e. it should match the target's logits at
+t+1. Looking j steps further ahead from t, the hidden input is the draft's own output of step
+j-1 at t, the embedding is of token t+1+j, the rotary position is t+j, and attention sees the
+real-feature keys at positions <= t plus the keys of steps 1..j at t itself (training-time test
+and chain drafting use the same rule).
 """
 
 from __future__ import annotations
