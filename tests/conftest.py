@@ -52,10 +52,11 @@ def make_tiny_target(seed: int = 0, dtype=None, **overrides):
     from draftvocab.target import Target
 
     tok = get_preset("smollm2-135m").load_tokenizer()
-    cfg = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
-               num_key_value_heads=2, head_dim=16, vocab_size=len(tok),
-               max_position_embeddings=512, rope_theta=10000.0, tie_word_embeddings=True,
-               bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+    cfg = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 4,
+           "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16,
+           "vocab_size": len(tok), "max_position_embeddings": 512, "rope_theta": 10000.0,
+           "tie_word_embeddings": True, "bos_token_id": tok.bos_token_id,
+           "eos_token_id": tok.eos_token_id}
     cfg.update(overrides)
     torch.manual_seed(seed)
     model = LlamaForCausalLM(LlamaConfig(**cfg))

@@ -1,0 +1,343 @@
+"""Speculative decoding with an EAGLE-3 draft: chain or dynamic-tree drafting, one target forward
+to verify, the target's KV cache kept consistent after partial acceptance.
+
+Greedy decoding is lossless: the output is the target's own greedy output, token for token.
+Sampling uses standard speculative (rejection) sampling with the draft distribution mapped to
+target ids through d2t, so outputs follow the target's distribution; it drafts a chain (tree
+drafting with top-k children is greedy-only here). Without a draft the same loop is plain
+target decoding, the baseline benchmarks compare against. One sequence at a time; token ids in,
+token ids out — tokenisation and chat templates are the caller's.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from draftvocab.errors import DraftVocabError
+
+
+@dataclass
+class GenerationResult:
+    tokens: list[int]  # generated ids (prompt excluded), eos included if hit
+    accept_lengths: list[int] = field(default_factory=list)  # tokens gained per target forward
+    target_forwards: int = 0
+    draft_seconds: float = 0.0
+    target_seconds: float = 0.0
+    seconds: float = 0.0
+
+    @property
+    def mean_accept_length(self) -> float:
+        """Spec-Bench's τ: generated tokens per target forward (decode phase)."""
+        return sum(self.accept_lengths) / max(len(self.accept_lengths), 1)
+
+
+@dataclass
+class _Node:
+    token: int  # target id
+    parent: int  # index into the node list, -1 = root (the pending token x_n)
+    depth: int  # 1 = child of the root
+    score: float  # cumulative draft log-prob
+    hidden: torch.Tensor | None = None  # draft output at this node, once expanded
+    key: torch.Tensor | None = None
+    value: torch.Tensor | None = None
+    q: torch.Tensor | None = None  # draft distribution over draft ids (sampling)
+
+
+def _sampling_probs(logits: torch.Tensor, temperature: float, top_p: float) -> torch.Tensor:
+    probs = torch.softmax(logits.float() / temperature, dim=-1)
+    if top_p < 1.0:
+        sorted_p, order = probs.sort(descending=True)
+        keep = sorted_p.cumsum(-1) - sorted_p < top_p  # smallest set reaching top_p
+        sorted_p = sorted_p * keep
+        probs = torch.zeros_like(probs).scatter(-1, order, sorted_p)
+        probs = probs / probs.sum(-1, keepdim=True)
+    return probs
+
+
+def _keep_cache(cache, keep: torch.Tensor) -> None:
+    """Keep only sequence positions `keep` (sorted) in every layer of a DynamicCache."""
+    for layer in cache.layers:
+        layer.keys = layer.keys.index_select(-2, keep)
+        layer.values = layer.values.index_select(-2, keep)
+
+
+class SpeculativeDecoder:
+    """Generate with a target and (optionally) an EAGLE-3 draft.
+
+    >>> dec = SpeculativeDecoder(target, draft, tree=True)
+    >>> res = dec.generate(prompt_ids, max_new_tokens=128)
+    >>> res.tokens, res.mean_accept_length
+    """
+
+    def __init__(self, target, draft=None, *, tree: bool = True, depth: int = 6,
+                 topk: int = 8, total_tokens: int = 32, gamma: int = 5):
+        if draft is not None:
+            c = draft.config
+            if c.target_hidden_size != target.hidden_size or c.vocab_size != target.vocab_size:
+                raise DraftVocabError(
+                    f"draft (target hidden {c.target_hidden_size}, V {c.vocab_size}) does not "
+                    f"fit the target (hidden {target.hidden_size}, V {target.vocab_size})")
+        if min(depth, topk, total_tokens, gamma) < 1:
+            raise DraftVocabError("depth, topk, total_tokens and gamma must be >= 1")
+        self.target, self.draft = target, draft
+        self.tree, self.depth, self.topk = tree, depth, topk
+        self.total_tokens, self.gamma = total_tokens, gamma
+        self.eos = set()
+        eos = getattr(target.config, "eos_token_id", None)
+        if eos is not None:
+            self.eos = set(eos if isinstance(eos, list) else [eos])
+
+    # -- public -----------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def generate(self, prompt_ids, max_new_tokens: int = 128, *, temperature: float = 0.0,
+                 top_p: float = 1.0, seed: int | None = None,
+                 stop_at_eos: bool = True) -> GenerationResult:
+        prompt = [int(t) for t in prompt_ids]
+        if not prompt:
+            raise DraftVocabError("empty prompt")
+        if len(prompt) + max_new_tokens > self.target.max_length:
+            raise DraftVocabError(
+                f"prompt of {len(prompt)} tokens + {max_new_tokens} new tokens exceeds the "
+                f"target's context of {self.target.max_length}")
+        if temperature < 0 or not 0 < top_p <= 1:
+            raise DraftVocabError("temperature must be >= 0 and top_p in (0, 1]")
+        gen = torch.Generator(device="cpu")
+        gen.manual_seed(0 if seed is None else seed)
+        self._sampling = (temperature, top_p, gen) if temperature > 0 else None
+        res = GenerationResult(tokens=[])
+        start = time.perf_counter()
+
+        dev = self.target.device
+        t0 = time.perf_counter()
+        out = self.target.forward(torch.tensor([prompt], device=dev))
+        res.target_seconds += time.perf_counter() - t0
+        cache = out.past_key_values
+        first = self._pick(out.logits[0, -1])
+        tokens = [*prompt, first]
+        res.tokens.append(first)
+        # Draft state: real-feature pairs not yet in its cache start at `pending_from`.
+        feats = out.hidden[0]  # features of positions pending_from .. len(tokens)-2
+        pending_from = 0
+        dk = dv = None  # draft cache [1, KV, S, D]
+
+        while len(res.tokens) < max_new_tokens and not (stop_at_eos and res.tokens[-1] in self.eos):
+            n = len(tokens) - 1  # position of the pending token x_n (not in the target cache)
+            if self.draft is None:
+                t0 = time.perf_counter()
+                out = self.target.forward(torch.tensor([[tokens[-1]]], device=dev), past=cache)
+                res.target_seconds += time.perf_counter() - t0
+                cache = out.past_key_values
+                new = [self._pick(out.logits[0, -1])]
+            else:
+                t0 = time.perf_counter()
+                dk, dv, h_last, logits_last = self._catch_up(
+                    feats, tokens, pending_from, dk, dv)
+                if self.tree and self._sampling is None:
+                    nodes = self._draft_tree(dk, dv, h_last, logits_last, n)
+                else:
+                    nodes = self._draft_chain(dk, dv, h_last, logits_last, n)
+                res.draft_seconds += time.perf_counter() - t0
+                t0 = time.perf_counter()
+                new, kept_nodes, out = self._verify(nodes, tokens[-1], n, cache)
+                res.target_seconds += time.perf_counter() - t0
+                cache = out.past_key_values
+                # Keep x_n and the accepted nodes in the target cache; rejected ones go.
+                keep = torch.cat([torch.arange(n + 1, device=dev),
+                                  torch.tensor([n + 1 + i for i in kept_nodes], device=dev,
+                                               dtype=torch.long)])
+                _keep_cache(cache, keep)
+                rows = torch.tensor([0, *(1 + i for i in kept_nodes)], device=dev)
+                feats = out.hidden[0].index_select(0, rows)
+                pending_from = n
+            res.target_forwards += 1
+            room = max_new_tokens - len(res.tokens)
+            if stop_at_eos:
+                for i, t in enumerate(new):
+                    if t in self.eos:
+                        new = new[: i + 1]
+                        break
+            new = new[:room]
+            res.accept_lengths.append(len(new))
+            tokens += new
+            res.tokens += new
+        res.seconds = time.perf_counter() - start
+        return res
+
+    # -- pieces -----------------------------------------------------------------------------
+
+    def _pick(self, logits: torch.Tensor) -> int:
+        if self._sampling is None:
+            return int(logits.argmax())
+        temperature, top_p, gen = self._sampling
+        probs = _sampling_probs(logits, temperature, top_p)
+        return int(torch.multinomial(probs.cpu(), 1, generator=gen))
+
+    def _catch_up(self, feats, tokens, pending_from, dk, dv):
+        """Feed the draft the real-feature pairs (f_t, x_{t+1}) it has not seen yet."""
+        d = self.draft
+        dev = self.target.device
+        m = feats.shape[0]
+        n_prev = 0 if dk is None else dk.shape[2]
+        if n_prev > pending_from:  # drop what the last round drafted beyond the prefix
+            dk, dv = dk[:, :, :pending_from], dv[:, :, :pending_from]
+            n_prev = pending_from
+        ids = torch.tensor([tokens[pending_from + 1: pending_from + 1 + m]], device=dev)
+        pos = torch.arange(pending_from, pending_from + m, device=dev)[None]
+        mask = torch.ones(m, n_prev + m, dtype=torch.bool, device=dev)
+        mask[:, n_prev:] = torch.ones(m, m, dtype=torch.bool, device=dev).tril()
+        hidden = d.fuse(feats[None].to(d.fc.weight.dtype))
+        logits, h, k, v = d.step(hidden, ids, pos, dk, dv, mask[None, None])
+        dk = k if dk is None else torch.cat([dk, k], dim=2)
+        dv = v if dv is None else torch.cat([dv, v], dim=2)
+        return dk, dv, h[:, -1:], logits[0, -1]
+
+    def _draft_chain(self, dk, dv, h_last, logits, n) -> list[_Node]:
+        """gamma tokens, each the draft's pick given the previous ones (root = x_n)."""
+        d = self.draft
+        dev = self.target.device
+        nodes: list[_Node] = []
+        ck = cv = None
+        h = h_last
+        for j in range(1, self.gamma + 1):
+            if self._sampling is None:
+                draft_id = int(logits.argmax())
+                q = None
+            else:
+                temperature, _, gen = self._sampling
+                q = torch.softmax(logits.float() / temperature, dim=-1)
+                draft_id = int(torch.multinomial(q.cpu(), 1, generator=gen))
+            token = int(d.to_target_ids(torch.tensor(draft_id, device=dev)))
+            nodes.append(_Node(token, len(nodes) - 1, j, 0.0, q=q))
+            if j == self.gamma:
+                break
+            pk = dk if ck is None else torch.cat([dk, ck], dim=2)
+            pv = dv if cv is None else torch.cat([dv, cv], dim=2)
+            logits, h, k, v = d.step(h, torch.tensor([[token]], device=dev),
+                                     torch.tensor([[n - 1 + j]], device=dev), pk, pv, None)
+            logits = logits[0, -1]
+            ck = k if ck is None else torch.cat([ck, k], dim=2)
+            cv = v if cv is None else torch.cat([cv, v], dim=2)
+        return nodes
+
+    def _draft_tree(self, dk, dv, h_last, logits, n) -> list[_Node]:
+        """EAGLE-2 dynamic tree: expand the `topk` best nodes per depth by cumulative draft
+        log-prob, each into its `topk` best children; keep the best `total_tokens` overall."""
+        d = self.draft
+        dev = self.target.device
+        nodes: list[_Node] = []
+
+        def add_children(logp: torch.Tensor, parent: int, depth: int, base: float) -> None:
+            top = logp.topk(min(self.topk, logp.shape[-1]))
+            targets = d.to_target_ids(top.indices)
+            for lp, tok in zip(top.values.tolist(), targets.tolist()):
+                nodes.append(_Node(int(tok), parent, depth, base + lp))
+
+        add_children(torch.log_softmax(logits.float(), -1), -1, 1, 0.0)
+        frontier = list(range(len(nodes)))
+        for depth in range(1, self.depth):
+            frontier = sorted(frontier, key=lambda i: -nodes[i].score)[: self.topk]
+            # One draft forward over the frontier; each node sees the prefix, its ancestors
+            # (already expanded, with keys) and itself.
+            expanded = [i for i in range(len(nodes)) if nodes[i].key is not None]
+            col = {i: c for c, i in enumerate(expanded)}
+            f = len(frontier)
+            mask = torch.zeros(f, dk.shape[2] + len(expanded) + f, dtype=torch.bool, device=dev)
+            mask[:, : dk.shape[2]] = True
+            for r, i in enumerate(frontier):
+                a = nodes[i].parent
+                while a >= 0:
+                    mask[r, dk.shape[2] + col[a]] = True
+                    a = nodes[a].parent
+                mask[r, dk.shape[2] + len(expanded) + r] = True
+            hidden = torch.cat([h_last if nodes[i].parent < 0 else nodes[nodes[i].parent].hidden
+                                for i in frontier], dim=1)
+            ids = torch.tensor([[nodes[i].token for i in frontier]], device=dev)
+            pos = torch.full((1, f), n - 1 + depth, device=dev)
+            pk = torch.cat([dk, *[nodes[i].key for i in expanded]], dim=2)
+            pv = torch.cat([dv, *[nodes[i].value for i in expanded]], dim=2)
+            logits, h, k, v = d.step(hidden, ids, pos, pk, pv, mask[None, None])
+            logp = torch.log_softmax(logits[0].float(), -1)
+            new_frontier = []
+            for r, i in enumerate(frontier):
+                nodes[i].hidden = h[:, r: r + 1]
+                nodes[i].key, nodes[i].value = k[:, :, r: r + 1], v[:, :, r: r + 1]
+                before = len(nodes)
+                add_children(logp[r], i, depth + 1, nodes[i].score)
+                new_frontier += range(before, len(nodes))
+            frontier = new_frontier
+        # Best total_tokens by score; a child never outscores its parent, ties broken by depth,
+        # so the selection is closed under ancestors. Order by depth for the verify input.
+        chosen = sorted(range(len(nodes)), key=lambda i: (-nodes[i].score, nodes[i].depth, i))
+        chosen = sorted(chosen[: self.total_tokens], key=lambda i: (nodes[i].depth, i))
+        index = {old: new for new, old in enumerate(chosen)}
+        out = []
+        for i in chosen:
+            p = nodes[i].parent
+            while p >= 0 and p not in index:  # defensive: equal scores across depths
+                p = nodes[p].parent
+            out.append(_Node(nodes[i].token, index[p] if p >= 0 else -1, nodes[i].depth,
+                             nodes[i].score))
+        return out
+
+    def _verify(self, nodes: list[_Node], pending: int, n: int, cache):
+        """One target forward over [x_n, nodes...] with a tree mask; returns the accepted new
+        tokens (accepted nodes + one token from the target), their node indices, the output."""
+        dev = self.target.device
+        m = len(nodes) + 1
+        allowed = torch.zeros(m, m, dtype=torch.bool, device=dev)
+        allowed[:, 0] = True
+        for r, node in enumerate(nodes, start=1):
+            allowed[r, r] = True
+            p = node.parent
+            while p >= 0:
+                allowed[r, 1 + p] = True
+                p = nodes[p].parent
+        dtype = self.target.dtype
+        mask = torch.zeros(1, 1, m, n + m, dtype=dtype, device=dev)
+        mask[..., n:].masked_fill_(~allowed, torch.finfo(dtype).min)
+        ids = torch.tensor([[pending, *(x.token for x in nodes)]], device=dev)
+        pos = torch.tensor([[n, *(n + x.depth for x in nodes)]], device=dev)
+        out = self.target.forward(ids, past=cache, position_ids=pos, attention_mask=mask)
+        logits = out.logits[0]
+        children: dict[int, list[int]] = {}
+        for i, node in enumerate(nodes):
+            children.setdefault(node.parent, []).append(i)
+
+        new, kept, at = [], [], -1  # at = current node (-1: root x_n); its logits row = at + 1
+        if self._sampling is None:
+            while True:
+                want = int(logits[at + 1].argmax())
+                nxt = next((c for c in children.get(at, []) if nodes[c].token == want), None)
+                new.append(want)
+                if nxt is None:
+                    return new, kept, out
+                kept.append(nxt)
+                at = nxt
+        # Speculative sampling along the chain (each node has at most one child).
+        temperature, top_p, gen = self._sampling
+        while True:
+            p = _sampling_probs(logits[at + 1], temperature, top_p)
+            kids = children.get(at, [])
+            if not kids:
+                tok = int(torch.multinomial(p.cpu(), 1, generator=gen))
+                new.append(tok)
+                return new, kept, out
+            c = kids[0]
+            q_draft = nodes[c].q
+            q = torch.zeros_like(p)
+            q[self.draft.to_target_ids(torch.arange(q_draft.shape[0], device=dev))] = q_draft
+            tok = nodes[c].token
+            if float(torch.rand(1, generator=gen)) < min(1.0, float(p[tok] / q[tok])):
+                new.append(tok)
+                kept.append(c)
+                at = c
+                continue
+            residual = (p - q).clamp_min(0)
+            total = residual.sum()
+            dist = residual / total if total > 0 else p
+            new.append(int(torch.multinomial(dist.cpu(), 1, generator=gen)))
+            return new, kept, out
