@@ -1,0 +1,321 @@
+"""Regenerate a chat dataset's assistant turns with the target model itself.
+
+Owns the alignment step of EAGLE-style draft training (the draft learns what the target
+writes): system/user/tool turns are kept, each assistant turn is replaced, turn by turn, by the
+target's own continuation (batched, left-padded `generate`), and finished conversations are
+appended to a resumable JSONL file. Reading datasets is `conversations.py`'s job.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from draftvocab.conversations import Conversation
+from draftvocab.errors import DraftVocabError
+from draftvocab.target import Target
+
+__all__ = ["TURNS", "RegenerateStats", "check_options", "finished_ids", "regenerate"]
+
+TURNS = ("all", "first")
+
+
+@dataclass
+class RegenerateStats:
+    """One run: conversations written now, found finished in the output, or skipped (by reason)."""
+
+    written: int = 0
+    already_done: int = 0
+    skipped: dict[str, int] = field(default_factory=dict)
+    generated_tokens: int = 0
+    seconds: float = 0.0
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.generated_tokens / self.seconds if self.seconds > 0 else 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return {**asdict(self), "tokens_per_s": self.tokens_per_s}
+
+
+def check_options(*, batch_size: int, max_new_tokens: int, temperature: float, top_p: float,
+                  turns: str) -> None:
+    """Raise `DraftVocabError` for option values `regenerate` cannot run with."""
+    if batch_size < 1:
+        raise DraftVocabError(f"batch size must be at least 1, got {batch_size}")
+    if max_new_tokens < 1:
+        raise DraftVocabError(f"max new tokens must be at least 1, got {max_new_tokens}")
+    if not temperature >= 0:  # also rejects NaN
+        raise DraftVocabError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
+    if not 0 < top_p <= 1:
+        raise DraftVocabError(f"top_p must be in (0, 1], got {top_p}")
+    if turns not in TURNS:
+        raise DraftVocabError(f"turns must be one of {', '.join(TURNS)}, got '{turns}'")
+
+
+def finished_ids(path: str | os.PathLike) -> set[str]:
+    """Ids already in a regenerate output file; a last line cut mid-write is truncated away.
+
+    Raises `DraftVocabError` if `path` could not be appended to, so callers can fail early.
+    """
+    path = Path(path)
+    if not path.exists():
+        folder = path.parent
+        while not folder.exists():  # the folders regenerate would create
+            folder = folder.parent
+        if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+            raise DraftVocabError(f"cannot write {path}: {folder} is not a writable directory")
+        return set()
+    if path.is_dir():
+        raise DraftVocabError(f"output path {path} is a directory; give a .jsonl file")
+    if not path.is_file() or not os.access(path, os.W_OK):
+        raise DraftVocabError(f"cannot write {path}: not a writable regular file")
+    ids: set[str] = set()
+    offset = 0
+    try:
+        with open(path, "r+b") as f:
+            for n, line in enumerate(f, start=1):
+                if not line.endswith(b"\n"):  # an interrupted write: drop it, redo that one
+                    f.truncate(offset)
+                    f.flush()
+                    os.fsync(f.fileno())
+                    break
+                offset += len(line)
+                if line.strip():
+                    ids.add(_record_id(line, path, n))
+    except OSError as exc:
+        raise DraftVocabError(f"cannot read {path}: {exc.strerror or exc}") from None
+    return ids
+
+
+def _record_id(line: bytes, path: Path, n: int) -> str:
+    try:
+        record = json.loads(line)
+    except ValueError:
+        record = None
+    if not isinstance(record, dict) or not isinstance(record.get("id"), str):
+        raise DraftVocabError(
+            f"{path} line {n} is not a regenerate record (a JSON object with an 'id'); "
+            "choose another output file")
+    return record["id"]
+
+
+@dataclass
+class _Settings:
+    max_new_tokens: int
+    temperature: float
+    top_p: float
+    first_only: bool
+    template_kwargs: dict[str, Any]
+    pad_id: int
+    stop_ids: list[int]
+
+
+@dataclass
+class _Work:
+    """One conversation being regenerated: the messages so far and where it is in the input."""
+
+    conversation: Conversation
+    messages: list[dict[str, str]] = field(default_factory=list)
+    next: int = 0  # index of the next input message to take
+    turns_done: int = 0
+    generated_tokens: int = 0
+
+    def advance(self, first_only: bool) -> bool:
+        """Copy input messages up to the next assistant turn; False when none is left to write."""
+        source = self.conversation.messages
+        if first_only and self.turns_done:
+            return False  # later turns would condition on the input's, not the target's, replies
+        while self.next < len(source):
+            message = source[self.next]
+            if message["role"] == "assistant" and self.messages:
+                return True
+            if message["role"] != "assistant":
+                self.messages.append(dict(message))
+            # else: an assistant turn with nothing before it answers no prompt; it is dropped
+            self.next += 1
+        return False
+
+    def record(self) -> dict[str, Any]:
+        return {"id": self.conversation.source, "messages": self.messages,
+                "generated_tokens": self.generated_tokens}
+
+
+def regenerate(
+    conversations: Iterable[Conversation],
+    target: Target,
+    out_path: str | os.PathLike,
+    *,
+    batch_size: int = 8,
+    max_new_tokens: int = 256,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    seed: int = 0,
+    turns: str = "all",
+    template_kwargs: dict[str, Any] | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> RegenerateStats:
+    """Replace each assistant turn with the target's own reply; append conversations to JSONL.
+
+    Each line of `out_path` is `{"id": conversation.source, "messages": [...],
+    "generated_tokens": n}`. Conversations whose id is already there are skipped, so an
+    interrupted run resumes where it stopped. `temperature=0` is greedy; otherwise sampling
+    with `top_p`, seeded per batch from `seed`. `turns="first"` regenerates only the first
+    assistant turn and drops what follows it. Assistant turns that open a conversation answer
+    no prompt and are dropped. Skipped, by `stats.skipped` reason: a conversation with a prompt
+    longer than the model's context minus `max_new_tokens` ("too_long"), and one left with no
+    assistant turn to write ("no_prompt").
+    `progress(conversations, tokens)` is called as work finishes.
+
+    >>> reader = read_conversations("chats.jsonl", max_samples=1000)
+    >>> stats = regenerate(reader, load_target("smollm2-135m"), "regen.jsonl", batch_size=8)
+    >>> stats.written, stats.tokens_per_s
+    """
+    check_options(batch_size=batch_size, max_new_tokens=max_new_tokens, temperature=temperature,
+                  top_p=top_p, turns=turns)
+    out_path = Path(out_path)
+    done = finished_ids(out_path)
+    settings = _settings(target, max_new_tokens, temperature, top_p, turns, template_kwargs)
+    stats = RegenerateStats()
+    start = time.perf_counter()
+    with _open_for_append(out_path) as out:
+        for batch in _batches(conversations, done, batch_size, stats, progress):
+            finished = _regenerate_batch(batch, target, settings, seed, stats, progress)
+            lines = [json.dumps(w.record(), ensure_ascii=False) + "\n" for w in finished]
+            out.write("".join(lines).encode())
+            out.flush()
+            os.fsync(out.fileno())
+            stats.written += len(finished)
+            if progress:
+                progress(len(batch), 0)
+    stats.seconds = time.perf_counter() - start
+    return stats
+
+
+def _open_for_append(path: Path):
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return open(path, "ab")
+    except OSError as exc:
+        raise DraftVocabError(f"cannot write {path}: {exc.strerror or exc}") from None
+
+
+def _settings(target: Target, max_new_tokens: int, temperature: float, top_p: float, turns: str,
+              template_kwargs: dict[str, Any] | None) -> _Settings:
+    tok = target.tokenizer
+    stop = [tok.eos_token_id, getattr(target.model.generation_config, "eos_token_id", None)]
+    stop_ids = list(dict.fromkeys(
+        i for s in stop for i in (s if isinstance(s, list) else [s]) if i is not None))
+    if not stop_ids:
+        raise DraftVocabError("the target's tokenizer has no end-of-sequence token to stop at")
+    pad_id = tok.pad_token_id if tok.pad_token_id is not None else stop_ids[0]
+    return _Settings(max_new_tokens, temperature, top_p, turns == "first",
+                     dict(template_kwargs or {}), pad_id, stop_ids)
+
+
+def _batches(conversations: Iterable[Conversation], done: set[str], batch_size: int,
+             stats: RegenerateStats,
+             progress: Callable[[int, int], None] | None) -> Iterator[list[_Work]]:
+    batch: list[_Work] = []
+    for conversation in conversations:
+        if conversation.source in done:
+            stats.already_done += 1
+            if progress:
+                progress(1, 0)
+            continue
+        done.add(conversation.source)  # an input that repeats an id is regenerated once
+        batch.append(_Work(conversation))
+        if len(batch) == batch_size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _regenerate_batch(batch: list[_Work], target: Target, settings: _Settings, seed: int,
+                      stats: RegenerateStats,
+                      progress: Callable[[int, int], None] | None) -> list[_Work]:
+    """Regenerate every turn of a batch; the finished conversations, in input order."""
+    limit = target.max_length - settings.max_new_tokens
+    too_long: set[int] = set()
+    with torch.random.fork_rng(devices=_rng_devices(target.device)):
+        # Seeded from the batch's ids, not the run's history: a resumed run samples the same.
+        torch.manual_seed(_batch_seed(seed, batch))
+        while True:
+            active = [i for i, w in enumerate(batch)
+                      if i not in too_long and w.advance(settings.first_only)]
+            prompts = {i: _prompt_ids(target, batch[i].messages, settings) for i in active}
+            for i in [i for i in active if len(prompts[i]) > limit]:
+                too_long.add(i)
+                active.remove(i)
+            if not active:
+                break
+            replies = _generate(target, [prompts[i] for i in active], settings)
+            for i, reply in zip(active, replies, strict=True):
+                w = batch[i]
+                text = target.tokenizer.decode(reply, skip_special_tokens=True).strip()
+                w.messages.append({"role": "assistant", "content": text})
+                w.next += 1
+                w.turns_done += 1
+                w.generated_tokens += len(reply)
+            tokens = sum(map(len, replies))
+            stats.generated_tokens += tokens
+            if progress:
+                progress(0, tokens)
+    finished = []
+    for i, w in enumerate(batch):
+        reason = "too_long" if i in too_long else None if w.turns_done else "no_prompt"
+        if reason:
+            stats.skipped[reason] = stats.skipped.get(reason, 0) + 1
+        else:
+            finished.append(w)
+    return finished
+
+
+def _prompt_ids(target: Target, messages: list[dict[str, str]], settings: _Settings) -> list[int]:
+    tok = target.tokenizer
+    text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True,
+                                   **settings.template_kwargs)
+    return list(tok(text, add_special_tokens=False)["input_ids"])  # the template has BOS
+
+
+def _generate(target: Target, prompts: list[list[int]], settings: _Settings) -> list[list[int]]:
+    """One batched `generate`, left-padded; each reply's ids up to and including the stop."""
+    width = max(map(len, prompts))
+    ids = torch.full((len(prompts), width), settings.pad_id, dtype=torch.long)
+    mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for row, prompt in enumerate(prompts):
+        ids[row, width - len(prompt):] = torch.tensor(prompt, dtype=torch.long)
+        mask[row, width - len(prompt):] = 1
+    # Logits-shaping options are all given, so a model's generation_config.json (top_k=50,
+    # repetition_penalty, ...) cannot change what greedy or temperature/top-p sampling means.
+    sample = settings.temperature > 0
+    shaping: dict[str, Any] = {"do_sample": sample, "temperature": 1.0, "top_p": 1.0}
+    if sample:
+        shaping.update(temperature=settings.temperature, top_p=settings.top_p, top_k=0)
+    out = target.model.generate(
+        input_ids=ids.to(target.device), attention_mask=mask.to(target.device),
+        max_new_tokens=settings.max_new_tokens, min_new_tokens=0, repetition_penalty=1.0,
+        pad_token_id=settings.pad_id, eos_token_id=settings.stop_ids, **shaping,
+    )
+    new = out[:, width:]
+    is_stop = torch.isin(new, torch.tensor(settings.stop_ids, device=new.device))
+    lengths = torch.where(is_stop.any(dim=1), is_stop.int().argmax(dim=1) + 1, new.shape[1])
+    return [row[:n] for row, n in zip(new.tolist(), lengths.tolist(), strict=True)]
+
+
+def _batch_seed(seed: int, batch: list[_Work]) -> int:
+    key = "\n".join([str(seed), *(w.conversation.source for w in batch)])
+    return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "little") >> 1
+
+
+def _rng_devices(device: torch.device) -> list[int]:
+    return [device.index or 0] if device.type == "cuda" else []
