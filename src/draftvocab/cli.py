@@ -449,6 +449,385 @@ def mapping(
         err.print(f"k = {k:,} of V = {c.vocab_size:,}, coverage {coverage:.4f} -> {escape(str(out))}")
 
 
+# --- regenerate --------------------------------------------------------------------------------
+
+
+class _RegenerateProgress:
+    """rich progress line: conversations done, generated tokens/s."""
+
+    def __init__(self, total: int | None):
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.progress = Progress(
+            TextColumn("[bold]regenerating[/bold]"), BarColumn(),
+            TextColumn("{task.completed:,.0f} conv"),
+            TextColumn("[cyan]{task.fields[rate]}"), TimeElapsedColumn(),
+            console=err, transient=True,
+        )
+        self.task = self.progress.add_task("regenerate", total=total, rate="")
+        self.start = time.perf_counter()
+        self.tokens = 0
+
+    def __call__(self, convs: int, tokens: int) -> None:
+        self.tokens += tokens
+        dt = max(time.perf_counter() - self.start, 1e-9)
+        self.progress.update(self.task, advance=convs,
+                             rate=f"{self.tokens:,} tok  {self.tokens / dt:,.1f} tok/s")
+
+    def __enter__(self):
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self.progress.__exit__(*exc)
+
+
+@app.command("regenerate", epilog="Examples:\n\n"
+             "  draftvocab regenerate -o regen.jsonl --max-samples 1000   "
+             "# SmolLM2-135M on ShareGPT\n\n"
+             "  draftvocab regenerate chats.jsonl --target path/to/hf-model -o regen.jsonl "
+             "--temperature 0.7 --top-p 0.9\n\n"
+             "  draftvocab regenerate chats.jsonl -o regen.jsonl --turns first --json   "
+             "# rerun the same command to resume")
+@_fail_cleanly
+def regenerate_cmd(
+    data: Annotated[str | None, typer.Argument(
+        help="Dataset: .jsonl/.json/.parquet file, directory, or save_to_disk folder. "
+        "Default: ShareGPT (the smollm2-135m preset's).", show_default=False)] = None,
+    out: Annotated[Path, typer.Option(
+        "--out", "-o", help="JSONL to append to; conversations already in it are skipped, "
+        "so rerunning resumes.")] = ...,
+    target: Annotated[str, typer.Option(
+        "--target", help="Preset name, .gguf file, or HF model directory.")] = "smollm2-135m",
+    max_samples: Annotated[int | None, typer.Option(
+        "--max-samples", help="Regenerate a seeded random subset of this many records.")] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Seed for sampling records and tokens.")]
+    = 0,
+    batch_size: Annotated[int, typer.Option(
+        "--batch-size", help="Conversations generated together.")] = 8,
+    max_new_tokens: Annotated[int, typer.Option(
+        "--max-new-tokens", help="Longest reply per assistant turn, in tokens.")] = 256,
+    temperature: Annotated[float, typer.Option(
+        "--temperature", help="0 = greedy; > 0 samples.")] = 0.0,
+    top_p: Annotated[float, typer.Option("--top-p", help="Nucleus sampling, in (0, 1].")] = 1.0,
+    turns: Annotated[str, typer.Option(
+        "--turns", help="all: every assistant turn, each seeing the regenerated ones before "
+        "it; first: only the first (later messages are dropped).")] = "all",
+    columns: ColumnsOpt = None, role_map: RoleMapOpt = None, skip_bad_lines: SkipOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Rewrite a dataset's assistant turns with the target model's own replies -> JSONL."""
+    import contextlib
+
+    from draftvocab.conversations import ColumnMap, parse_role_map, read_conversations
+    from draftvocab.presets import PRESETS, get_preset
+    from draftvocab.regenerate import check_options, finished_ids, regenerate
+    from draftvocab.target import DEFAULT_TARGET, load_target
+
+    check_options(batch_size=batch_size, max_new_tokens=max_new_tokens, temperature=temperature,
+                  top_p=top_p, turns=turns)
+    finished_ids(out)  # a bad output file fails before the model loads
+    preset = get_preset(target if target in PRESETS else DEFAULT_TARGET)
+    reader = read_conversations(
+        data if data is not None else preset.dataset_path(),
+        columns=ColumnMap.parse(columns) if columns else None,
+        role_map=parse_role_map(role_map) if role_map else None,
+        skip_bad_lines=skip_bad_lines or (data is None and preset.skip_bad_lines),
+        max_samples=max_samples, seed=seed,
+    )
+    model = load_target(target)
+    bar = _RegenerateProgress(max_samples) if not as_json else None
+    try:
+        with bar if bar is not None else contextlib.nullcontext():
+            stats = regenerate(
+                reader, model, out, batch_size=batch_size, max_new_tokens=max_new_tokens,
+                temperature=temperature, top_p=top_p, seed=seed, turns=turns,
+                template_kwargs=preset.template_kwargs if target in PRESETS else None,
+                progress=bar)
+    except KeyboardInterrupt:
+        err.print(f"[bold red]interrupted[/bold red]: finished conversations are in "
+                  f"{escape(str(out))}; rerun the same command to resume")
+        raise typer.Exit(130) from None
+    summary = {**stats.to_json(), "read_skipped": reader.stats.skipped, "out": str(out),
+               "target": target}
+    if as_json:
+        _emit_json(summary)
+        return
+    err.print(f"regenerated {stats.written:,} conversations ({stats.already_done:,} already "
+              f"done), {stats.generated_tokens:,} tokens in {stats.seconds:,.1f} s "
+              f"({stats.tokens_per_s:,.1f} tok/s) -> [bold]{escape(str(out))}[/bold]")
+    if stats.skipped or reader.stats.skipped:
+        err.print(f"skipped: {stats.skipped | reader.stats.skipped}")
+
+
+# --- train -------------------------------------------------------------------------------------
+
+
+class _TrainProgress:
+    """rich progress line: optimizer steps, loss, per-TTT-step top-1 accuracy."""
+
+    def __init__(self, total: int | None = None):
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.progress = Progress(
+            TextColumn("[bold]training[/bold]"), BarColumn(),
+            TextColumn("{task.completed:,.0f}/{task.total:,.0f}"),
+            TextColumn("[cyan]{task.fields[stats]}"), TimeElapsedColumn(),
+            console=err, transient=True,
+        )
+        self.task = self.progress.add_task("train", total=total, stats="")
+
+    def __call__(self, step: int, total: int, entry: dict) -> None:
+        acc = " ".join(f"acc@{j} {a:.2f}" for j, a in enumerate(entry["acc"]) if a is not None)
+        self.progress.update(self.task, completed=step, total=total,
+                             stats=f"loss {entry['loss']:.3f}  {acc}")
+
+    def __enter__(self):
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self.progress.__exit__(*exc)
+
+
+@app.command("train", epilog="Examples:\n\n"
+             "  draftvocab train -o draft/ --max-samples 2000 --max-len 512   "
+             "# SmolLM2-135M on ShareGPT, full vocabulary\n\n"
+             "  draftvocab train regen.jsonl --mapping run/vocab_mapping.pt -o draft/ "
+             "--epochs 2 --save-every 500\n\n"
+             "  draftvocab train regen.jsonl --mapping run/ -o draft/ --save-every 500 --resume   "
+             "# continue an interrupted run\n\n"
+             "  draftvocab train chats.jsonl --target path/to/hf-model -o draft/ --dtype bf16 "
+             "--json")
+@_fail_cleanly
+def train_cmd(
+    data: Annotated[str | None, typer.Argument(
+        help="Conversations: .jsonl/.json/.parquet file, directory, or save_to_disk folder "
+        "(e.g. the output of `draftvocab regenerate`). Default: ShareGPT.",
+        show_default=False)] = None,
+    target: Annotated[str, typer.Option(
+        "--target", help="Preset name, .gguf file, or HF model directory.")] = "smollm2-135m",
+    mapping: Annotated[Path | None, typer.Option(
+        "--mapping", help="vocab_mapping.pt/.safetensors (or its directory) from `optimize` or "
+        "`mapping`. Default: the full vocabulary.")] = None,
+    out: Annotated[Path, typer.Option(
+        "--out", "-o", help="Directory: final draft, train_log.json, checkpoint-<step>/.")]
+    = Path("draft"),
+    max_samples: Annotated[int | None, typer.Option(
+        "--max-samples", help="Train on a seeded random subset of this many records.")] = None,
+    epochs: Annotated[int, typer.Option("--epochs", help="Passes over the data.")] = 1,
+    max_steps: Annotated[int | None, typer.Option(
+        "--max-steps", help="Optimizer steps (overrides --epochs; the data cycles).")] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Conversations per step.")]
+    = 4,
+    lr: Annotated[float, typer.Option("--lr", help="Peak AdamW learning rate.")] = 3e-4,
+    warmup: Annotated[int | None, typer.Option(
+        "--warmup", help="Linear warm-up steps, then cosine decay (default: 5% of steps).")]
+    = None,
+    max_len: Annotated[int, typer.Option("--max-len", help="Tokens kept per conversation.")]
+    = 1024,
+    ttt_steps: Annotated[int, typer.Option(
+        "--ttt-steps", help="Training-time-test steps (tokens drafted ahead).")] = 7,
+    dtype: Annotated[str, typer.Option(
+        "--dtype", help="fp32 or bf16 (autocast) for the draft.")] = "fp32",
+    save_every: Annotated[int, typer.Option(
+        "--save-every", help="Checkpoint every N optimizer steps (0: final draft only).")] = 0,
+    resume: Annotated[bool, typer.Option(
+        "--resume", help="Continue from the latest checkpoint in --out.")] = False,
+    seed: Annotated[int, typer.Option("--seed", help="Seed for sampling, init and data order.")]
+    = 0,
+    skip_bad_lines: SkipOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Train an EAGLE-3 draft (training-time test) on the target's hidden states."""
+    import contextlib
+
+    from draftvocab.conversations import read_conversations
+    from draftvocab.presets import PRESETS, get_preset
+    from draftvocab.target import DEFAULT_TARGET, load_target
+    from draftvocab.train import TrainConfig, encode_conversations, mapping_tensors, train_draft
+
+    config = TrainConfig(ttt_steps=ttt_steps, lr=lr, warmup_steps=warmup, batch_size=batch_size,
+                         epochs=epochs, max_steps=max_steps, max_len=max_len, dtype=dtype,
+                         save_every=save_every, seed=seed)
+    config.check()  # cheap errors before loading anything
+    if out.exists() and not out.is_dir():
+        raise DraftVocabError(f"output path {out} exists and is not a directory")
+    preset = get_preset(target if target in PRESETS else DEFAULT_TARGET)
+    reader = read_conversations(
+        data if data is not None else preset.dataset_path(),
+        skip_bad_lines=skip_bad_lines or (data is None and preset.skip_bad_lines),
+        max_samples=max_samples, seed=seed)
+    if mapping is not None:
+        from draftvocab.mapping import load_mapping
+        load_mapping(mapping)  # a bad file fails before the target loads
+    from transformers.utils import logging as hf_logging
+
+    bar_was_on = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # no "Loading weights" bar before a one-line error
+    try:
+        model = load_target(target)
+    finally:
+        if bar_was_on:
+            hf_logging.enable_progress_bar()
+    d2t = t2d = None
+    if mapping is not None:
+        d2t, t2d = mapping_tensors(mapping, model.vocab_size)
+    examples, skipped = encode_conversations(
+        reader, model.tokenizer, max_len,
+        template_kwargs=preset.template_kwargs if target in PRESETS else None)
+    bar = _TrainProgress() if not as_json else None
+    with bar if bar is not None else contextlib.nullcontext():
+        result = train_draft(model, examples, out, d2t=d2t, t2d=t2d, config=config,
+                             resume=resume, skipped={**reader.stats.skipped, **skipped},
+                             progress=bar)
+    summary = {**result.to_json(), "target": target,
+               "mapping": str(mapping) if mapping else None}
+    if as_json:
+        _emit_json(summary)
+        return
+    acc = ", ".join(f"acc@{j} {a:.3f}" for j, a in enumerate(result.final_acc) if a is not None)
+    resumed = f" (resumed from {escape(result.resumed_from)})" if result.resumed_from else ""
+    err.print(f"trained {result.steps:,} steps on {result.examples:,} conversations "
+              f"(k = {result.draft_vocab_size:,} of V = {result.vocab_size:,}){resumed}, "
+              f"{result.seconds_per_step:.2f} s/step; last step: loss {result.final_loss:.4f}, "
+              f"{acc} -> [bold]{escape(str(out))}[/bold]")
+    if result.skipped:
+        err.print(f"skipped: {result.skipped}")
+
+
+# --- decoding ----------------------------------------------------------------------------------
+
+DecodeTreeOpt = Annotated[bool, typer.Option(
+    "--tree/--chain", help="EAGLE-2 dynamic tree (greedy) or a chain of --gamma tokens.")]
+
+
+def _decoder(target, draft_dir: Path | None, tree: bool, depth: int, topk: int,
+             total_tokens: int, gamma: int):
+    from draftvocab.decode import SpeculativeDecoder
+    from draftvocab.draft import load_draft
+
+    draft = load_draft(draft_dir, target) if draft_dir else None
+    return SpeculativeDecoder(target, draft, tree=tree, depth=depth, topk=topk,
+                              total_tokens=total_tokens, gamma=gamma)
+
+
+@app.command(epilog="Examples:\n\n"
+             "  draftvocab generate 'Why is the sky blue?'                  # plain target\n\n"
+             "  draftvocab generate 'Why is the sky blue?' --draft draft/   # speculative\n\n"
+             "  draftvocab generate 'Tell a story' --draft draft/ --temperature 0.8 --chain")
+@_fail_cleanly
+def generate(
+    prompt: Annotated[str, typer.Argument(help="The user message (rendered with the target's "
+                                          "chat template).")],
+    target: Annotated[str, typer.Option("--target", help="Preset, .gguf or HF model dir.")]
+    = "smollm2-135m",
+    draft: Annotated[Path | None, typer.Option(
+        "--draft", help="EAGLE-3 draft checkpoint dir; none = plain decoding.")] = None,
+    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens")] = 128,
+    temperature: Annotated[float, typer.Option("--temperature", help="0 = greedy.")] = 0.0,
+    top_p: Annotated[float, typer.Option("--top-p")] = 1.0,
+    seed: SeedOpt = 0,
+    tree: DecodeTreeOpt = True,
+    depth: Annotated[int, typer.Option("--depth", help="Tree depth.")] = 6,
+    topk: Annotated[int, typer.Option("--topk", help="Tree branching.")] = 8,
+    total_tokens: Annotated[int, typer.Option("--total-tokens", help="Tree nodes verified.")]
+    = 32,
+    gamma: Annotated[int, typer.Option("--gamma", help="Chain length.")] = 5,
+    as_json: JsonOpt = False,
+) -> None:
+    """Generate one answer, plainly or speculatively (greedy output is the target's own)."""
+    from draftvocab.target import load_target
+
+    if max_new_tokens < 1:
+        raise DraftVocabError("--max-new-tokens must be at least 1")
+    tgt = load_target(target)
+    dec = _decoder(tgt, draft, tree, depth, topk, total_tokens, gamma)
+    ids = tgt.tokenizer.apply_chat_template([{"role": "user", "content": prompt}],
+                                            add_generation_prompt=True, tokenize=True)
+    if hasattr(ids, "keys"):
+        ids = ids["input_ids"]
+    res = dec.generate(ids, max_new_tokens, temperature=temperature, top_p=top_p, seed=seed)
+    text = tgt.tokenizer.decode(res.tokens, skip_special_tokens=True)
+    summary = {"text": text, "tokens": len(res.tokens), "seconds": res.seconds,
+               "tokens_per_s": len(res.tokens) / max(res.seconds, 1e-9),
+               "accept_length": res.mean_accept_length,
+               "target_forwards": res.target_forwards,
+               "draft_share": res.draft_seconds / max(res.draft_seconds + res.target_seconds,
+                                                      1e-9)}
+    if as_json:
+        _emit_json(summary)
+        return
+    console.print(text, highlight=False, markup=False)
+    err.print(f"{summary['tokens']} tokens in {res.seconds:.2f} s "
+              f"({summary['tokens_per_s']:.1f} tok/s), accept length "
+              f"{summary['accept_length']:.2f}, draft share {summary['draft_share']:.0%}")
+
+
+@app.command(epilog="Examples:\n\n"
+             "  draftvocab bench --draft full=drafts/full --draft trimmed=drafts/k8000 -o bench/\n\n"
+             "  draftvocab bench --per-category 2 --max-new-tokens 64 --runs 3 -o quick/")
+@_fail_cleanly
+def bench(
+    draft: Annotated[list[str] | None, typer.Option(
+        "--draft", help="NAME=DIR of an EAGLE-3 draft (repeatable); plain decoding always "
+        "runs as the baseline.")] = None,
+    target: Annotated[str, typer.Option("--target", help="Preset, .gguf or HF model dir.")]
+    = "smollm2-135m",
+    questions: Annotated[Path | None, typer.Option(
+        "--questions", help="Spec-Bench JSONL (default: ../shared/data/"
+        "spec_bench_questions.jsonl).")] = None,
+    per_category: Annotated[int | None, typer.Option(
+        "--per-category", help="First N questions of each category.")] = None,
+    turns: Annotated[int | None, typer.Option("--turns", help="At most N turns each.")] = None,
+    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens")] = 128,
+    runs: Annotated[int, typer.Option("--runs", help="Independent runs (for the CI).")] = 3,
+    tree: DecodeTreeOpt = True,
+    depth: Annotated[int, typer.Option("--depth")] = 6,
+    topk: Annotated[int, typer.Option("--topk")] = 8,
+    total_tokens: Annotated[int, typer.Option("--total-tokens")] = 32,
+    gamma: Annotated[int, typer.Option("--gamma")] = 5,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Report directory.")]
+    = Path("bench-out"),
+    as_json: JsonOpt = False,
+) -> None:
+    """Spec-Bench throughput: plain vs speculative decoding, interleaved, mean ± 95 % CI."""
+    from rich.progress import Progress
+
+    from draftvocab.atomic import atomic_directory
+    from draftvocab.bench import bar_chart, load_questions, markdown, run_benchmark
+    from draftvocab.decode import SpeculativeDecoder
+    from draftvocab.target import load_target
+
+    if runs < 1 or max_new_tokens < 1:
+        raise DraftVocabError("--runs and --max-new-tokens must be at least 1")
+    specs = []
+    for item in draft or []:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise DraftVocabError(f"--draft takes NAME=DIR, got '{item}'")
+        specs.append((name, Path(path)))
+    qs = load_questions(questions, per_category=per_category, turns=turns)
+    tgt = load_target(target)
+    variants = {"plain": SpeculativeDecoder(tgt)}
+    for name, path in specs:
+        variants[name] = _decoder(tgt, path, tree, depth, topk, total_tokens, gamma)
+    total = runs * sum(len(q.turns) for q in qs)
+    with Progress(console=err, transient=True) as bar:
+        task = bar.add_task("benchmark", total=total)
+        report = run_benchmark(tgt, variants, qs, max_new_tokens=max_new_tokens, runs=runs,
+                               progress=lambda n: bar.advance(task, n))
+    with atomic_directory(out) as tmp:
+        (tmp / "report.md").write_text(markdown(report))
+        (tmp / "report.json").write_text(json.dumps(report, indent=2))
+        bar_chart(report, tmp / "throughput.png")
+    if as_json:
+        _emit_json({k: v for k, v in report.items() if k != "rows"} | {"out": str(out)})
+        return
+    console.print(markdown(report), markup=False, highlight=False)
+    err.print(f"report -> {escape(str(out))}: report.md, report.json, throughput.png")
+
+
 @app.command("presets")
 def presets_cmd(as_json: JsonOpt = False) -> None:
     """List the built-in offline presets."""

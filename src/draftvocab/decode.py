@@ -224,63 +224,70 @@ class SpeculativeDecoder:
         return nodes
 
     def _draft_tree(self, dk, dv, h_last, logits, n) -> list[_Node]:
-        """EAGLE-2 dynamic tree: expand the `topk` best nodes per depth by cumulative draft
-        log-prob, each into its `topk` best children; keep the best `total_tokens` overall."""
+        """EAGLE-2 dynamic tree: per depth, expand the `topk` best frontier nodes (by cumulative
+        draft log-prob) in one draft forward, each into its `topk` best children; finally keep
+        the `total_tokens` best nodes overall. Bookkeeping is vectorised per depth."""
         d = self.draft
         dev = self.target.device
-        nodes: list[_Node] = []
-
-        def add_children(logp: torch.Tensor, parent: int, depth: int, base: float) -> None:
-            top = logp.topk(min(self.topk, logp.shape[-1]))
-            targets = d.to_target_ids(top.indices)
-            for lp, tok in zip(top.values.tolist(), targets.tolist()):
-                nodes.append(_Node(int(tok), parent, depth, base + lp))
-
-        add_children(torch.log_softmax(logits.float(), -1), -1, 1, 0.0)
-        frontier = list(range(len(nodes)))
+        kk = self.topk
+        logp = torch.log_softmax(logits.float(), -1)
+        top = logp.topk(min(kk, logp.shape[-1]))
+        # All candidate nodes, per depth: target token, cumulative score, global parent index.
+        tokens = [d.to_target_ids(top.indices)]
+        scores = [top.values]
+        parents = [torch.full_like(top.indices, -1)]
+        frontier = torch.arange(top.indices.shape[0], device=dev)  # global indices
+        f_hidden = h_last.expand(1, frontier.shape[0], -1)
+        anc = torch.zeros(frontier.shape[0], 0, dtype=torch.bool, device=dev)  # over expanded
+        keys, values = [dk], [dv]
+        prefix = dk.shape[2]
+        offset = 0  # global index of the first node of the current depth
         for depth in range(1, self.depth):
-            frontier = sorted(frontier, key=lambda i: -nodes[i].score)[: self.topk]
-            # One draft forward over the frontier; each node sees the prefix, its ancestors
-            # (already expanded, with keys) and itself.
-            expanded = [i for i in range(len(nodes)) if nodes[i].key is not None]
-            col = {i: c for c, i in enumerate(expanded)}
-            f = len(frontier)
-            mask = torch.zeros(f, dk.shape[2] + len(expanded) + f, dtype=torch.bool, device=dev)
-            mask[:, : dk.shape[2]] = True
-            for r, i in enumerate(frontier):
-                a = nodes[i].parent
-                while a >= 0:
-                    mask[r, dk.shape[2] + col[a]] = True
-                    a = nodes[a].parent
-                mask[r, dk.shape[2] + len(expanded) + r] = True
-            hidden = torch.cat([h_last if nodes[i].parent < 0 else nodes[nodes[i].parent].hidden
-                                for i in frontier], dim=1)
-            ids = torch.tensor([[nodes[i].token for i in frontier]], device=dev)
+            f = frontier.shape[0]
+            all_tokens = torch.cat(tokens)
+            ids = all_tokens[frontier][None]
             pos = torch.full((1, f), n - 1 + depth, device=dev)
-            pk = torch.cat([dk, *[nodes[i].key for i in expanded]], dim=2)
-            pv = torch.cat([dv, *[nodes[i].value for i in expanded]], dim=2)
-            logits, h, k, v = d.step(hidden, ids, pos, pk, pv, mask[None, None])
-            logp = torch.log_softmax(logits[0].float(), -1)
-            new_frontier = []
-            for r, i in enumerate(frontier):
-                nodes[i].hidden = h[:, r: r + 1]
-                nodes[i].key, nodes[i].value = k[:, :, r: r + 1], v[:, :, r: r + 1]
-                before = len(nodes)
-                add_children(logp[r], i, depth + 1, nodes[i].score)
-                new_frontier += range(before, len(nodes))
-            frontier = new_frontier
-        # Best total_tokens by score; a child never outscores its parent, ties broken by depth,
-        # so the selection is closed under ancestors. Order by depth for the verify input.
-        chosen = sorted(range(len(nodes)), key=lambda i: (-nodes[i].score, nodes[i].depth, i))
-        chosen = sorted(chosen[: self.total_tokens], key=lambda i: (nodes[i].depth, i))
+            expanded = anc.shape[1]
+            mask = torch.zeros(f, prefix + expanded + f, dtype=torch.bool, device=dev)
+            mask[:, :prefix] = True
+            mask[:, prefix:prefix + expanded] = anc
+            mask[:, prefix + expanded:] = torch.eye(f, dtype=torch.bool, device=dev)
+            out_logits, h, k, v = d.step(f_hidden, ids, pos, torch.cat(keys, 2),
+                                         torch.cat(values, 2), mask[None, None])
+            keys.append(k)
+            values.append(v)
+            anc = torch.cat([anc, torch.eye(f, dtype=torch.bool, device=dev)], dim=1)
+            logp = torch.log_softmax(out_logits[0].float(), -1)
+            top = logp.topk(min(kk, logp.shape[-1]), dim=-1)  # [f, kk]
+            all_scores = torch.cat(scores)
+            cand_scores = (all_scores[frontier][:, None] + top.values).flatten()
+            offset += tokens[-1].shape[0]
+            tokens.append(d.to_target_ids(top.indices).flatten())
+            scores.append(cand_scores)
+            parents.append(frontier.repeat_interleave(top.indices.shape[1]))
+            if depth == self.depth - 1:
+                break
+            best = cand_scores.topk(min(kk, cand_scores.shape[0])).indices
+            rows = best // top.indices.shape[1]  # which frontier node each came from
+            frontier = offset + best
+            f_hidden = h[:, rows]
+            anc = anc[rows]
+        all_tokens, all_scores = torch.cat(tokens), torch.cat(scores)
+        all_parents = torch.cat(parents)
+        depths = torch.cat([torch.full_like(t, i + 1) for i, t in enumerate(tokens)])
+        # Best total_tokens by score (a child never outscores its parent; ties go to the
+        # shallower node), then ordered by depth for the verify input.
+        par, tok, dep = all_parents.tolist(), all_tokens.tolist(), depths.tolist()
+        sc = all_scores.tolist()
+        order = sorted(range(len(tok)), key=lambda i: (-sc[i], dep[i], i))
+        chosen = sorted(order[: self.total_tokens], key=lambda i: (dep[i], i))
         index = {old: new for new, old in enumerate(chosen)}
         out = []
         for i in chosen:
-            p = nodes[i].parent
+            p = par[i]
             while p >= 0 and p not in index:  # defensive: equal scores across depths
-                p = nodes[p].parent
-            out.append(_Node(nodes[i].token, index[p] if p >= 0 else -1, nodes[i].depth,
-                             nodes[i].score))
+                p = par[p]
+            out.append(_Node(tok[i], index[p] if p >= 0 else -1, dep[i], 0.0))
         return out
 
     def _verify(self, nodes: list[_Node], pending: int, n: int, cache):

@@ -122,8 +122,11 @@ def load_target(spec: str | os.PathLike = DEFAULT_TARGET, *, dtype: torch.dtype 
                 layers: tuple[int, ...] | None = None) -> Target:
     """A preset name (`smollm2-135m`), a `.gguf` file, or a HF model directory."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
     from draftvocab.presets import PRESETS
+
+    hf_logging.disable_progress_bar()  # our own progress bars only
 
     if isinstance(spec, str) and spec in PRESETS:
         preset = PRESETS[spec]
