@@ -1,0 +1,52 @@
+"""The target: EAGLE-3 layer capture, KV-cache use, and the real SmolLM2 target loading offline."""
+
+from __future__ import annotations
+
+import torch
+
+from draftvocab.target import eagle3_layers, load_target
+
+
+def test_eagle3_layers_low_middle_high():
+    assert eagle3_layers(30) == (1, 14, 26)  # SmolLM2-135M
+    assert eagle3_layers(32) == (1, 15, 28)  # Llama-3.1-8B, as SpecForge
+    assert eagle3_layers(4) == (0, 2, 3)
+
+
+def test_hidden_states_are_the_layer_outputs(tiny_target):
+    ids = torch.tensor([[5, 6, 7, 8]])
+    out = tiny_target.forward(ids)
+    ref = tiny_target.model(ids, output_hidden_states=True)
+    # hidden_states[i + 1] is the output of decoder layer i, except that HF applies the final
+    # norm to the last one; the draft is fed the raw layer output.
+    last = tiny_target.config.num_hidden_layers - 1
+    assert tiny_target.layers[-1] == last
+    parts = out.hidden.split(tiny_target.hidden_size, dim=-1)
+    for part, i in zip(parts, tiny_target.layers):
+        if i < last:
+            torch.testing.assert_close(part, ref.hidden_states[i + 1])
+    torch.testing.assert_close(tiny_target.model.model.norm(parts[-1]), ref.hidden_states[-1])
+    torch.testing.assert_close(out.logits, ref.logits)
+    assert out.hidden.shape == (1, 4, 3 * tiny_target.hidden_size)
+
+
+def test_cached_forward_equals_full_forward(tiny_target):
+    ids = torch.tensor([[5, 6, 7, 8, 9]])
+    full = tiny_target.forward(ids)
+    first = tiny_target.forward(ids[:, :3])
+    rest = tiny_target.forward(ids[:, 3:], past=first.past_key_values)
+    torch.testing.assert_close(rest.logits, full.logits[:, 3:], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(rest.hidden, full.hidden[:, 3:], rtol=1e-4, atol=1e-5)
+
+
+def test_real_smollm2_target_loads_offline_and_answers():
+    target = load_target("smollm2-135m")  # dequantised once, then from the cache
+    assert (target.hidden_size, target.vocab_size, target.layers) == (576, 49152, (1, 14, 26))
+    tok = target.tokenizer
+    assert tok.encode("2024", add_special_tokens=False) == [
+        tok.convert_tokens_to_ids(c) for c in "2024"]  # split digits, as llama.cpp
+    ids = tok.apply_chat_template([{"role": "user", "content": "What is 2+2?"}],
+                                  add_generation_prompt=True, tokenize=True)
+    ids = ids["input_ids"] if hasattr(ids, "keys") else ids
+    out = target.model.generate(torch.tensor([ids]), max_new_tokens=12, do_sample=False)
+    assert "4" in tok.decode(out[0, len(ids):])
