@@ -7,7 +7,7 @@ DV=.venv/bin/draftvocab
 mkdir -p runs
 $DV optimize --preset smollm2-135m -o runs/smol-vocab --json > runs/smol-vocab.json
 echo "== regenerate $(date -u +%T)"
-$DV regenerate --max-samples 120 --turns first --max-new-tokens 96 --batch-size 8 -o runs/regen.jsonl --json > runs/regen.json
+$DV regenerate --max-samples 400 --turns first --max-new-tokens 96 --max-prompt-tokens 160 --batch-size 8 -o runs/regen.jsonl --json > runs/regen.json
 echo "== train trimmed $(date -u +%T)"
 $DV train runs/regen.jsonl --mapping runs/smol-vocab/vocab_mapping.safetensors --max-steps 150 --batch-size 4 --max-len 256 --ttt-steps 4 --lr 1e-3 --warmup 10 -o runs/draft-trimmed --json > runs/train-trimmed.json
 echo "== train full $(date -u +%T)"

@@ -174,6 +174,20 @@ def test_too_long_prompts_are_skipped_and_counted(tmp_path):
     assert [r["id"] for r in read_out(tmp_path / "out.jsonl")] == [convs[0].source]
 
 
+def test_max_prompt_tokens_skips_longer_prompts(target, tmp_path):
+    convs = conversations()[:2]
+    lengths = [len(target.tokenizer.apply_chat_template(c.messages[:1], tokenize=False,
+                                                        add_generation_prompt=True))
+               for c in convs]
+    assert lengths[0] != lengths[1]
+    stats = regenerate(convs, target, tmp_path / "out.jsonl", batch_size=2,
+                       max_new_tokens=MAX_NEW, max_prompt_tokens=0)
+    assert stats.written == 0 and stats.skipped == {"too_long": 2}
+    stats = regenerate(convs, target, tmp_path / "all.jsonl", batch_size=2,
+                       max_new_tokens=MAX_NEW, max_prompt_tokens=10_000)
+    assert stats.written == 2 and not stats.skipped
+
+
 def test_opening_assistant_turns_are_dropped(target, tmp_path):
     opening = {"messages": [{"role": "assistant", "content": "Welcome!"},
                             {"role": "user", "content": "Hi"},

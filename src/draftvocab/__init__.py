@@ -8,6 +8,11 @@ Public API (everything else is private):
     flops_breakdown     HF config -> DraftFlops (per-token FLOPs of an EAGLE-3 draft)
     optimize_vocab      counts + DraftFlops -> OptimizeResult (k*, C, R, U)
     build_mapping       counts + k -> VocabMapping (SpecForge d2t / t2d)
+    load_target         preset / .gguf / HF dir -> Target (logits + EAGLE-3 features)
+    Eagle3Draft         the draft model; save_draft / load_draft (SpecForge format)
+    regenerate          conversations + target -> the target's own answers (JSONL)
+    train_draft         examples + target -> trained draft (training-time test)
+    SpeculativeDecoder  target + draft -> lossless chain / tree speculative decoding
 
 Imports are lazy so that `draftvocab --help` does not pay for torch/transformers.
 """
@@ -30,11 +35,23 @@ _EXPORTS = {
     "load_mapping": "mapping",
     "VocabMapping": "mapping",
     "DraftVocabError": "errors",
+    "load_target": "target",
+    "Target": "target",
+    "Eagle3Draft": "draft",
+    "DraftConfig": "draft",
+    "save_draft": "draft",
+    "load_draft": "draft",
+    "regenerate": "regenerate",
+    "train_draft": "train",
+    "TrainConfig": "train",
+    "SpeculativeDecoder": "decode",
 }
 __all__ = [  # noqa: RUF022 - same order as _EXPORTS
     "read_conversations", "ChatSpans", "count_tokens", "TokenCounts", "merge_counts",
     "flops_breakdown", "DraftFlops", "optimize_vocab", "OptimizeResult", "build_mapping",
-    "load_mapping", "VocabMapping", "DraftVocabError", "__version__",
+    "load_mapping", "VocabMapping", "DraftVocabError", "load_target", "Target", "Eagle3Draft",
+    "DraftConfig", "save_draft", "load_draft", "regenerate", "train_draft", "TrainConfig",
+    "SpeculativeDecoder", "__version__",
 ]
 
 

@@ -513,6 +513,9 @@ def regenerate_cmd(
     turns: Annotated[str, typer.Option(
         "--turns", help="all: every assistant turn, each seeing the regenerated ones before "
         "it; first: only the first (later messages are dropped).")] = "all",
+    max_prompt_tokens: Annotated[int | None, typer.Option(
+        "--max-prompt-tokens", help="Skip (and count) conversations whose prompt is longer.")]
+    = None,
     columns: ColumnsOpt = None, role_map: RoleMapOpt = None, skip_bad_lines: SkipOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
@@ -543,7 +546,7 @@ def regenerate_cmd(
                 reader, model, out, batch_size=batch_size, max_new_tokens=max_new_tokens,
                 temperature=temperature, top_p=top_p, seed=seed, turns=turns,
                 template_kwargs=preset.template_kwargs if target in PRESETS else None,
-                progress=bar)
+                max_prompt_tokens=max_prompt_tokens, progress=bar)
     except KeyboardInterrupt:
         err.print(f"[bold red]interrupted[/bold red]: finished conversations are in "
                   f"{escape(str(out))}; rerun the same command to resume")

@@ -117,6 +117,7 @@ class _Settings:
     template_kwargs: dict[str, Any]
     pad_id: int
     stop_ids: list[int]
+    max_prompt_tokens: int | None = None
 
 
 @dataclass
@@ -161,6 +162,7 @@ def regenerate(
     seed: int = 0,
     turns: str = "all",
     template_kwargs: dict[str, Any] | None = None,
+    max_prompt_tokens: int | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> RegenerateStats:
     """Replace each assistant turn with the target's own reply; append conversations to JSONL.
@@ -171,7 +173,9 @@ def regenerate(
     with `top_p`, seeded per batch from `seed`. `turns="first"` regenerates only the first
     assistant turn and drops what follows it. Assistant turns that open a conversation answer
     no prompt and are dropped. Skipped, by `stats.skipped` reason: a conversation with a prompt
-    longer than the model's context minus `max_new_tokens` ("too_long"), and one left with no
+    longer than the model's context minus `max_new_tokens`, or than `max_prompt_tokens`
+    ("too_long": a training set cut at a few hundred tokens has no use for them, and one
+    multi-thousand-token prompt slows its whole batch), and one left with no
     assistant turn to write ("no_prompt").
     `progress(conversations, tokens)` is called as work finishes.
 
@@ -184,6 +188,7 @@ def regenerate(
     out_path = Path(out_path)
     done = finished_ids(out_path)
     settings = _settings(target, max_new_tokens, temperature, top_p, turns, template_kwargs)
+    settings.max_prompt_tokens = max_prompt_tokens
     stats = RegenerateStats()
     start = time.perf_counter()
     with _open_for_append(out_path) as out:
@@ -245,6 +250,8 @@ def _regenerate_batch(batch: list[_Work], target: Target, settings: _Settings, s
                       progress: Callable[[int, int], None] | None) -> list[_Work]:
     """Regenerate every turn of a batch; the finished conversations, in input order."""
     limit = target.max_length - settings.max_new_tokens
+    if settings.max_prompt_tokens is not None:
+        limit = min(limit, settings.max_prompt_tokens)
     too_long: set[int] = set()
     with torch.random.fork_rng(devices=_rng_devices(target.device)):
         # Seeded from the batch's ids, not the run's history: a resumed run samples the same.
