@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import statistics
 import time
 from collections import defaultdict
@@ -22,7 +23,8 @@ from typing import Any
 
 from draftvocab.errors import DraftVocabError
 
-SPEC_BENCH = Path(__file__).resolve().parents[3] / "shared" / "data" / "spec_bench_questions.jsonl"
+# Spec-Bench's 480 prompts (Apache-2.0) live in the workspace's shared/ folder, beside the repo.
+_SPEC_BENCH_FILE = Path("data") / "spec_bench_questions.jsonl"
 MT_BENCH_CATEGORIES = {"writing", "roleplay", "reasoning", "math", "coding", "extraction", "stem",
                        "humanities"}
 # Two-sided 95 % Student t quantiles by degrees of freedom.
@@ -37,10 +39,19 @@ class Question:
     turns: list[str]
 
 
+def default_questions() -> Path:
+    """$DRAFTVOCAB_SPEC_BENCH, else shared/data/ beside the checkout, else /work/shared/data/."""
+    if env := os.environ.get("DRAFTVOCAB_SPEC_BENCH"):
+        return Path(env)
+    candidates = [Path(__file__).resolve().parents[3] / "shared" / _SPEC_BENCH_FILE,
+                  Path("/work/shared") / _SPEC_BENCH_FILE]
+    return next((c for c in candidates if c.is_file()), candidates[0])
+
+
 def load_questions(path: str | Path | None = None, *, per_category: int | None = None,
                    turns: int | None = None) -> list[Question]:
     """Spec-Bench questions; `per_category` keeps the first N of each category."""
-    path = Path(path) if path else SPEC_BENCH
+    path = Path(path) if path else default_questions()
     if not path.is_file():
         raise DraftVocabError(f"benchmark questions not found: {path}")
     out: list[Question] = []
