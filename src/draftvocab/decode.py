@@ -36,13 +36,11 @@ class GenerationResult:
 
 @dataclass
 class _Node:
+    """A drafted token to verify; nodes are listed parents first."""
+
     token: int  # target id
     parent: int  # index into the node list, -1 = root (the pending token x_n)
     depth: int  # 1 = child of the root
-    score: float  # cumulative draft log-prob
-    hidden: torch.Tensor | None = None  # draft output at this node, once expanded
-    key: torch.Tensor | None = None
-    value: torch.Tensor | None = None
     q: torch.Tensor | None = None  # draft distribution over draft ids (sampling)
 
 
@@ -211,7 +209,7 @@ class SpeculativeDecoder:
                 q = torch.softmax(logits.float() / temperature, dim=-1)
                 draft_id = int(torch.multinomial(q.cpu(), 1, generator=gen))
             token = int(d.to_target_ids(torch.tensor(draft_id, device=dev)))
-            nodes.append(_Node(token, len(nodes) - 1, j, 0.0, q=q))
+            nodes.append(_Node(token, len(nodes) - 1, j, q=q))
             if j == self.gamma:
                 break
             pk = dk if ck is None else torch.cat([dk, ck], dim=2)
@@ -287,7 +285,7 @@ class SpeculativeDecoder:
             p = par[i]
             while p >= 0 and p not in index:  # defensive: equal scores across depths
                 p = par[p]
-            out.append(_Node(tok[i], index[p] if p >= 0 else -1, dep[i], 0.0))
+            out.append(_Node(tok[i], index[p] if p >= 0 else -1, dep[i]))
         return out
 
     def _verify(self, nodes: list[_Node], pending: int, n: int, cache):
