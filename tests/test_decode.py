@@ -10,7 +10,7 @@ from collections import Counter
 import pytest
 import torch
 
-from draftvocab.decode import SpeculativeDecoder
+from draftvocab.decode import SpeculativeDecoder, _sampling_probs
 from draftvocab.draft import DraftConfig, Eagle3Draft
 from draftvocab.errors import DraftVocabError
 from tests.conftest import make_tiny_target
@@ -126,7 +126,7 @@ def test_stops_at_eos_and_max_new_tokens():
                                                                stop_at_eos=False).tokens) == 7
 
 
-def _exact_joint(target, prompt, n, temperature):
+def _exact_joint(target, prompt, n, temperature, top_p=1.0):
     """p(x1..xn | prompt) for every continuation, by enumeration."""
     import itertools
 
@@ -134,7 +134,7 @@ def _exact_joint(target, prompt, n, temperature):
     seqs = torch.cat([torch.tensor(prompt).expand(len(conts), -1), conts], dim=1)
     with torch.no_grad():
         logits = target.model(seqs).logits[:, len(prompt) - 1: -1].double()
-    logp = torch.log_softmax(logits / temperature, -1)
+    logp = _sampling_probs(logits, temperature, top_p).log()
     lp = logp.gather(-1, conts[..., None])[..., 0].sum(-1)
     return {tuple(c.tolist()): float(p) for c, p in zip(conts, lp.exp())}
 
@@ -144,14 +144,19 @@ def _chi2_critical(df: int, z: float = 3.09) -> float:
     return df * (1 - 2 / (9 * df) + z * math.sqrt(2 / (9 * df))) ** 3
 
 
-@pytest.mark.parametrize("keep", [KEEP, None], ids=["trimmed", "full"])
-def test_sampling_follows_the_targets_distribution(target, keep):
+@pytest.mark.parametrize("keep, tree, top_p", [(KEEP, False, 1.0), (None, False, 1.0),
+                                                (KEEP, True, 1.0), (None, True, 0.9)],
+                         ids=["trimmed-chain", "full-chain", "trimmed-tree", "full-tree-top_p"])
+def test_sampling_follows_the_targets_distribution(target, keep, tree, top_p):
     prompt, n, temperature, runs = [2, 7, 1], 3, 0.7, 600
-    exact = _exact_joint(target, prompt, n, temperature)
-    spec = SpeculativeDecoder(target, _draft(target, keep), gamma=2)
+    exact = _exact_joint(target, prompt, n, temperature, top_p)
+    # tree: 3 i.i.d. children of the root, each expanded into 3 more (12 nodes, depth 2)
+    spec = SpeculativeDecoder(target, _draft(target, keep), tree=tree, gamma=2, depth=3, topk=3,
+                              total_tokens=12)
     seen, accepted = Counter(), 0
     for seed in range(runs):
-        res = spec.generate(prompt, n, temperature=temperature, seed=seed, stop_at_eos=False)
+        res = spec.generate(prompt, n, temperature=temperature, top_p=top_p, seed=seed,
+                            stop_at_eos=False)
         seen[tuple(res.tokens)] += 1
         accepted += max(res.accept_lengths) > 1
     assert accepted > runs // 10  # draft tokens were accepted, not only resampled

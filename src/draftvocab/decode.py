@@ -3,8 +3,8 @@ to verify, the target's KV cache kept consistent after partial acceptance.
 
 Greedy decoding is lossless: the output is the target's own greedy output, token for token.
 Sampling uses standard speculative (rejection) sampling with the draft distribution mapped to
-target ids through d2t, so outputs follow the target's distribution; it drafts a chain (tree
-drafting with top-k children is greedy-only here). Without a draft the same loop is plain
+target ids through d2t, so outputs follow the target's distribution: a chain, or a tree whose
+siblings are i.i.d. draws verified by multi-round rejection (SpecInfer). Without a draft the same loop is plain
 target decoding, the baseline benchmarks compare against. One sequence at a time; token ids in,
 token ids out — tokenisation and chat templates are the caller's.
 """
@@ -136,6 +136,8 @@ class SpeculativeDecoder:
                     feats, tokens, pending_from, dk, dv)
                 if self.tree and self._sampling is None:
                     nodes = self._draft_tree(dk, dv, h_last, logits_last, n)
+                elif self.tree:
+                    nodes = self._draft_tree_sampled(dk, dv, h_last, logits_last, n)
                 else:
                     nodes = self._draft_chain(dk, dv, h_last, logits_last, n)
                 res.draft_seconds += time.perf_counter() - t0
@@ -288,6 +290,62 @@ class SpeculativeDecoder:
             out.append(_Node(tok[i], index[p] if p >= 0 else -1, dep[i]))
         return out
 
+    def _draft_tree_sampled(self, dk, dv, h_last, logits, n) -> list[_Node]:
+        """Sampling tree: every expanded node gets `topk` children drawn i.i.d. from its draft
+        distribution. Multi-round rejection is lossless only for i.i.d. siblings, so nothing is
+        pruned after drawing: which nodes are expanded (the best cumulative draft log-probs) and
+        how many fit in `total_tokens` is decided before their children are drawn."""
+        d = self.draft
+        dev = self.target.device
+        temperature, _, gen = self._sampling
+        kk = self.topk
+
+        def draw(lg):  # [f, k_draft] -> q [f, k_draft], draft ids [f, kk]
+            q = torch.softmax(lg.float() / temperature, dim=-1)
+            ids = torch.multinomial(q.cpu(), kk, replacement=True, generator=gen).to(dev)
+            return q, ids
+
+        q, ids = draw(logits[None])
+        q_root = q[0]
+        nodes = [_Node(t, -1, 1, q=q_root) for t in d.to_target_ids(ids[0]).tolist()]
+        level = list(range(kk))  # node indices of the newest depth
+        scores = q.gather(1, ids).log().flatten()  # cumulative draft log-prob per level node
+        level_ids, level_hidden = ids.flatten(), h_last.expand(1, kk, -1)
+        anc = torch.zeros(kk, 0, dtype=torch.bool, device=dev)  # ancestors among expanded
+        keys, values, prefix = [dk], [dv], dk.shape[2]
+        for depth in range(1, self.depth):
+            width = min(kk, len(level), (self.total_tokens - len(nodes)) // kk)
+            if width < 1:
+                break
+            pick = scores.topk(width).indices
+            expanded = anc.shape[1]
+            mask = torch.zeros(width, prefix + expanded + width, dtype=torch.bool, device=dev)
+            mask[:, :prefix] = True
+            mask[:, prefix:prefix + expanded] = anc[pick]
+            mask[:, prefix + expanded:] = torch.eye(width, dtype=torch.bool, device=dev)
+            pos = torch.full((1, width), n - 1 + depth, device=dev)
+            tokens = d.to_target_ids(level_ids[pick])[None]
+            out_logits, h, k, v = d.step(level_hidden[:, pick], tokens, pos, torch.cat(keys, 2),
+                                         torch.cat(values, 2), mask[None, None])
+            keys.append(k)
+            values.append(v)
+            q, ids = draw(out_logits[0])
+            targets = d.to_target_ids(ids).tolist()
+            new_level = []
+            for r, parent in enumerate(pick.tolist()):
+                q_r = q[r]  # one object per sibling group: _verify maps it to target ids once
+                for t in targets[r]:
+                    nodes.append(_Node(t, level[parent], depth + 1, q=q_r))
+                    new_level.append(len(nodes) - 1)
+            level = new_level
+            scores = (scores[pick][:, None] + q.gather(1, ids).log()).flatten()
+            level_ids = ids.flatten()
+            rows = torch.arange(width, device=dev).repeat_interleave(kk)
+            level_hidden = h[:, rows]
+            anc = torch.cat([anc[pick], torch.eye(width, dtype=torch.bool, device=dev)],
+                            dim=1)[rows]
+        return nodes
+
     def _verify(self, nodes: list[_Node], pending: int, n: int, cache):
         """One target forward over [x_n, nodes...] with a tree mask; returns the accepted new
         tokens (accepted nodes + one token from the target), their node indices, the output."""
@@ -322,27 +380,30 @@ class SpeculativeDecoder:
                     return new, kept, out
                 kept.append(nxt)
                 at = nxt
-        # Speculative sampling along the chain (each node has at most one child).
+        # Multi-round speculative sampling (SpecInfer): try the children in order; accept x with
+        # min(1, p(x)/q(x)); after a rejection p becomes norm(max(p - q, 0)); if every child is
+        # rejected, draw from what is left of p.
         temperature, top_p, gen = self._sampling
+        in_target: dict[int, torch.Tensor] = {}  # draft distribution -> over target ids
+        p = _sampling_probs(logits[0], temperature, top_p)
         while True:
-            p = _sampling_probs(logits[at + 1], temperature, top_p)
-            kids = children.get(at, [])
-            if not kids:
-                tok = int(torch.multinomial(p.cpu(), 1, generator=gen))
-                new.append(tok)
+            for c in children.get(at, []):
+                q_draft = nodes[c].q
+                q = in_target.get(id(q_draft))
+                if q is None:
+                    q = torch.zeros_like(p)
+                    q[self.draft.to_target_ids(torch.arange(q_draft.shape[0], device=dev))] = q_draft
+                    in_target[id(q_draft)] = q
+                tok = nodes[c].token
+                if float(torch.rand(1, generator=gen)) < min(1.0, float(p[tok] / q[tok])):
+                    new.append(tok)
+                    kept.append(c)
+                    at = c
+                    p = _sampling_probs(logits[at + 1], temperature, top_p)
+                    break
+                residual = (p - q).clamp_min(0)
+                total = residual.sum()
+                p = residual / total if total > 0 else p
+            else:
+                new.append(int(torch.multinomial(p.cpu(), 1, generator=gen)))
                 return new, kept, out
-            c = kids[0]
-            q_draft = nodes[c].q
-            q = torch.zeros_like(p)
-            q[self.draft.to_target_ids(torch.arange(q_draft.shape[0], device=dev))] = q_draft
-            tok = nodes[c].token
-            if float(torch.rand(1, generator=gen)) < min(1.0, float(p[tok] / q[tok])):
-                new.append(tok)
-                kept.append(c)
-                at = c
-                continue
-            residual = (p - q).clamp_min(0)
-            total = residual.sum()
-            dist = residual / total if total > 0 else p
-            new.append(int(torch.multinomial(dist.cpu(), 1, generator=gen)))
-            return new, kept, out
