@@ -55,11 +55,20 @@ def _sampling_probs(logits: torch.Tensor, temperature: float, top_p: float) -> t
     return probs
 
 
-def _keep_cache(cache, keep: torch.Tensor) -> None:
-    """Keep only sequence positions `keep` (sorted) in every layer of a DynamicCache."""
+def _keep_cache(cache, prefix: int, kept: list[int]) -> None:
+    """Keep positions < `prefix` and `prefix + kept` (ascending) in every layer of a
+    DynamicCache. Moves the few kept rows in place and crops to a view: re-indexing the whole
+    cache every step cost ~5 % of decode time on CPU."""
+    end = prefix + len(kept)
+    moved = kept != list(range(len(kept)))
+    idx = torch.tensor(kept, dtype=torch.long) + prefix
     for layer in cache.layers:
-        layer.keys = layer.keys.index_select(-2, keep)
-        layer.values = layer.values.index_select(-2, keep)
+        if moved:
+            idx = idx.to(layer.keys.device)
+            layer.keys[..., prefix:end, :] = layer.keys.index_select(-2, idx)
+            layer.values[..., prefix:end, :] = layer.values.index_select(-2, idx)
+        layer.keys = layer.keys[..., :end, :]
+        layer.values = layer.values[..., :end, :]
 
 
 class SpeculativeDecoder:
@@ -146,10 +155,7 @@ class SpeculativeDecoder:
                 res.target_seconds += time.perf_counter() - t0
                 cache = out.past_key_values
                 # Keep x_n and the accepted nodes in the target cache; rejected ones go.
-                keep = torch.cat([torch.arange(n + 1, device=dev),
-                                  torch.tensor([n + 1 + i for i in kept_nodes], device=dev,
-                                               dtype=torch.long)])
-                _keep_cache(cache, keep)
+                _keep_cache(cache, n + 1, kept_nodes)
                 rows = torch.tensor([0, *(1 + i for i in kept_nodes)], device=dev)
                 feats = out.hidden[0].index_select(0, rows)
                 pending_from = n
