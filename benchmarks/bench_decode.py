@@ -22,7 +22,7 @@ from pathlib import Path
 from draftvocab.atomic import atomic_directory
 from draftvocab.bench import bar_chart, load_questions, markdown, run_benchmark
 from draftvocab.decode import SpeculativeDecoder
-from draftvocab.draft import load_draft
+from draftvocab.draft import aux_layers, load_draft
 from draftvocab.target import load_target
 
 
@@ -43,7 +43,8 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("bench-out"))
     args = ap.parse_args()
 
-    target = load_target(args.target)
+    drafts = [item.partition("=")[2] for item in args.draft]
+    target = load_target(args.target, layers=aux_layers(drafts))
     variants = {"plain": SpeculativeDecoder(target)}
     for item in args.draft:
         name, _, path = item.partition("=")

@@ -20,7 +20,7 @@ import torch
 from draftvocab import decode
 from draftvocab.bench import load_questions
 from draftvocab.decode import SpeculativeDecoder
-from draftvocab.draft import load_draft
+from draftvocab.draft import aux_layers, load_draft
 from draftvocab.target import load_target
 
 
@@ -89,7 +89,8 @@ def main() -> None:
     ap.add_argument("--json", action="store_true", help="print JSON instead of a table")
     args = ap.parse_args()
 
-    target = load_target(args.target)
+    drafts = [item.partition("=")[2] for item in args.draft]
+    target = load_target(args.target, layers=aux_layers(drafts))
     tok = target.tokenizer
     qs = load_questions(per_category=max(1, args.prompts // 6), turns=1)[: args.prompts]
     prompts = []

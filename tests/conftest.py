@@ -43,7 +43,7 @@ def load_tok():
     return load
 
 
-def make_tiny_target(seed: int = 0, dtype=None, **overrides):
+def make_tiny_target(seed: int = 0, dtype=None, layers=None, **overrides):
     """A random 4-layer Llama target with SmolLM2's real tokenizer and chat template."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -62,7 +62,7 @@ def make_tiny_target(seed: int = 0, dtype=None, **overrides):
     model = LlamaForCausalLM(LlamaConfig(**cfg))
     if dtype is not None:
         model = model.to(dtype)
-    return Target(model, tok)
+    return Target(model, tok, layers)
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from draftvocab.draft import DraftConfig, Eagle3Draft, load_draft, save_draft
+from draftvocab.draft import DraftConfig, Eagle3Draft, aux_layers, load_draft, save_draft
 from draftvocab.errors import DraftVocabError
 from tests.conftest import make_tiny_target
 
@@ -120,3 +120,20 @@ def test_target_hidden_size_mismatch(tmp_path, tiny_target):
     other = make_tiny_target(hidden_size=32, head_dim=8)
     with pytest.raises(DraftVocabError, match="target hidden size 64, target has 32"):
         load_draft(path, other)
+
+
+def test_aux_layers_must_match_the_target(tmp_path, tiny_target):
+    path = save_draft(trimmed(tiny_target, [0, 5]), tmp_path / "d")
+    assert aux_layers([path, path]) == tuple(tiny_target.layers)
+    assert aux_layers([]) is None
+    cfg = json.loads((path / "config.json").read_text())
+    cfg["target_layers"] = [0, 1, 2]
+    (tmp_path / "e").mkdir()
+    (tmp_path / "e" / "config.json").write_text(json.dumps(cfg))
+    (tmp_path / "e" / "model.safetensors").write_bytes((path / "model.safetensors").read_bytes())
+    with pytest.raises(DraftVocabError, match=r"different target layers"):
+        aux_layers([path, tmp_path / "e"])
+    with pytest.raises(DraftVocabError, match=r"reads target aux layers \[0, 1, 2\]"):
+        load_draft(tmp_path / "e", tiny_target)
+    other = make_tiny_target(layers=(0, 1, 2))
+    assert load_draft(tmp_path / "e", other).config.target_layers == (0, 1, 2)

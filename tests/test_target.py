@@ -10,22 +10,19 @@ from draftvocab.target import eagle3_layers, load_target
 def test_eagle3_layers_low_middle_high():
     assert eagle3_layers(30) == (1, 14, 26)  # SmolLM2-135M
     assert eagle3_layers(32) == (1, 15, 28)  # Llama-3.1-8B, as SpecForge
-    assert eagle3_layers(4) == (0, 2, 3)
+    assert eagle3_layers(4) == (1, 2, 3)
 
 
-def test_hidden_states_are_the_layer_outputs(tiny_target):
+def test_hidden_states_enter_the_aux_layers(tiny_target):
+    """Aux layer id i = the hidden state entering decoder layer i, as in SGLang and vLLM
+    (`hidden_states + residual` before layer i) = HF's output_hidden_states[i]."""
     ids = torch.tensor([[5, 6, 7, 8]])
     out = tiny_target.forward(ids)
     ref = tiny_target.model(ids, output_hidden_states=True)
-    # hidden_states[i + 1] is the output of decoder layer i, except that HF applies the final
-    # norm to the last one; the draft is fed the raw layer output.
-    last = tiny_target.config.num_hidden_layers - 1
-    assert tiny_target.layers[-1] == last
     parts = out.hidden.split(tiny_target.hidden_size, dim=-1)
+    assert len(parts) == 3 and len(set(tiny_target.layers)) == 3
     for part, i in zip(parts, tiny_target.layers):
-        if i < last:
-            torch.testing.assert_close(part, ref.hidden_states[i + 1])
-    torch.testing.assert_close(tiny_target.model.model.norm(parts[-1]), ref.hidden_states[-1])
+        torch.testing.assert_close(part, ref.hidden_states[i])
     torch.testing.assert_close(out.logits, ref.logits)
     assert out.hidden.shape == (1, 4, 3 * tiny_target.hidden_size)
 

@@ -268,6 +268,26 @@ def save_draft(draft: Eagle3Draft, path: str | os.PathLike, *, dtype=None) -> Pa
     return path
 
 
+def read_config(path: str | os.PathLike) -> DraftConfig:
+    """The DraftConfig of a draft checkpoint directory (config.json only, no weights)."""
+    cfg_file = Path(path) / "config.json"
+    if not cfg_file.is_file():
+        raise DraftVocabError(f"{path} is not a draft checkpoint (no config.json)")
+    try:
+        return DraftConfig.from_hf(json.loads(cfg_file.read_text()))
+    except (json.JSONDecodeError, TypeError, ValueError, AttributeError) as exc:
+        raise DraftVocabError(f"{cfg_file}: not a valid draft config ({exc})") from None
+
+
+def aux_layers(paths) -> tuple[int, ...] | None:
+    """The target aux layers that every draft in `paths` reads (None without drafts): load the
+    target with these so its features are the ones the drafts were trained on."""
+    found = {tuple(read_config(p).target_layers) for p in paths}
+    if len(found) > 1:
+        raise DraftVocabError(f"these drafts read different target layers: {sorted(found)}")
+    return found.pop() if found else None
+
+
 def load_draft(path: str | os.PathLike, target, *, dtype=None) -> Eagle3Draft:
     """Load a draft checkpoint for `target`; mismatches are one clear error, not a traceback."""
     from safetensors import SafetensorError
@@ -278,10 +298,11 @@ def load_draft(path: str | os.PathLike, target, *, dtype=None) -> Eagle3Draft:
     if not cfg_file.is_file() or not weights.is_file():
         raise DraftVocabError(f"{path} is not a draft checkpoint (needs config.json and "
                               "model.safetensors)")
-    try:
-        config = DraftConfig.from_hf(json.loads(cfg_file.read_text()))
-    except (json.JSONDecodeError, TypeError, ValueError) as exc:
-        raise DraftVocabError(f"{cfg_file}: not a valid draft config ({exc})") from None
+    config = read_config(path)
+    if tuple(config.target_layers) != tuple(target.layers):
+        raise DraftVocabError(
+            f"draft reads target aux layers {list(config.target_layers)}, the target captures "
+            f"{list(target.layers)}: load the target with layers={tuple(config.target_layers)}")
     if config.target_hidden_size != target.hidden_size:
         raise DraftVocabError(
             f"draft expects target hidden size {config.target_hidden_size}, target has "

