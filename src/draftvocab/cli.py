@@ -900,9 +900,12 @@ def export_cmd(
         summary = formats.export_frspec(TokenCounts.load(counts_file).counts, int(k), out)
     if as_json:
         _emit_json(summary)
-    else:
-        err.print(f"{to}: k = {summary['draft_vocab_size']:,} of V = {summary['vocab_size']:,} "
-                  f"-> {escape(summary['out'])}")
+        return
+    err.print(f"{to}: k = {summary['draft_vocab_size']:,} of V = {summary['vocab_size']:,} "
+              f"-> {escape(summary['out'])}")
+    if to == "speculators" and verifier is None:
+        err.print("[yellow]note:[/yellow] no --verifier given: set speculators_config.verifier."
+                  "name_or_path to the target before loading it in vLLM / speculators")
 
 
 @app.command("import", epilog="Examples:\n\n"
