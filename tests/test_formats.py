@@ -4,6 +4,7 @@ configs, exact round trips, and clear refusals (pickles, broken mappings, wrong 
 from __future__ import annotations
 
 import json
+import os
 import pickle
 
 import numpy as np
@@ -53,6 +54,10 @@ def test_sglang_export_is_bf16_with_specforge_names(saved, tmp_path):
     assert cfg["draft_vocab_size"] == len(KEEP) and cfg["vocab_size"] == 49152
     ours = load_file(str(saved / "model.safetensors"))
     torch.testing.assert_close(state["fc.weight"].float(), ours["fc.weight"].bfloat16().float())
+    mask = os.umask(0)
+    os.umask(mask)
+    for f in (out / "model.safetensors", saved / "model.safetensors"):  # not safetensors' 0600
+        assert f.stat().st_mode & 0o777 == 0o666 & ~mask
 
 
 def test_speculators_export_renames_and_imports_back_exactly(saved, tmp_path, tiny_target):
