@@ -8,7 +8,7 @@ setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml requirements-assets.txt requirements-interop.txt
 	$(PY) -m venv $(VENV)
-	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q -e '.[test,ray]'
 	$(BIN)/pip install -q --no-deps -r requirements-assets.txt
 	$(BIN)/pip install -q --no-deps -r requirements-interop.txt
 	touch $@

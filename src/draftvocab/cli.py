@@ -188,6 +188,41 @@ def _count(s: _Setup, *, max_samples: int | None, seed: int, columns: str | None
     return parts[0] if len(parts) == 1 else merge_counts(parts)
 
 
+def _count_on_engine(s: _Setup, engine: str, *, columns: str | None,
+                     role_map: list[str] | None, include_eot: bool, workers: int | None,
+                     max_samples: int | None):
+    from draftvocab.assets import config_vocab_size
+    from draftvocab.conversations import ColumnMap, parse_role_map
+    from draftvocab.scaleout import ENGINES, count_with_datasets, count_with_ray
+    from draftvocab.spans import ChatSpans
+
+    if engine not in ENGINES:
+        raise DraftVocabError(f"--engine must be local, {', '.join(ENGINES)}; got {engine!r}")
+    if max_samples is not None:
+        raise DraftVocabError("--max-samples works with --engine local only")
+    files: list[str] = []
+    for source in s.data:
+        p = Path(source)
+        if p.is_dir():
+            files += sorted(str(f) for f in p.rglob("*")
+                            if f.suffix in (".jsonl", ".json", ".parquet"))
+        elif p.is_file():
+            files.append(str(p))
+        else:
+            raise DraftVocabError(f"dataset not found: {source}")
+    vocab = config_vocab_size(s.config, str(s.config_path))
+    spans = ChatSpans(s.tokenizer, template_kwargs=s.template_kwargs, include_eot=include_eot)
+    kwargs = {"columns": ColumnMap.parse(columns) if columns else None,
+              "role_map": parse_role_map(role_map) if role_map else None}
+    with err.status(f"counting on {engine}"):
+        if engine == "datasets":
+            return count_with_datasets(files, spans, vocab, num_proc=workers, **kwargs)
+        import os
+
+        return count_with_ray(files, spans, vocab, address=os.environ.get("RAY_ADDRESS"),
+                              **kwargs)
+
+
 SamplesOpt = Annotated[int | None, typer.Option(
     "--max-samples", help="Count a seeded random subset of this many records per dataset.")]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Seed for sampling and TPE.")]
@@ -223,12 +258,22 @@ def count(
     preset: PresetOpt = None, tokenizer: TokenizerOpt = None, chat_template: TemplateOpt = None,
     config: ConfigOpt = None, max_samples: SamplesOpt = None, seed: SeedOpt = 0,
     columns: ColumnsOpt = None, role_map: RoleMapOpt = None, skip_bad_lines: SkipOpt = False,
-    eot: EotOpt = True, workers: WorkersOpt = None, as_json: JsonOpt = False,
+    eot: EotOpt = True, workers: WorkersOpt = None,
+    engine: Annotated[str, typer.Option(
+        "--engine", help="local (built-in process pool), datasets (HF datasets map with "
+        "--workers as num_proc) or ray (Ray Data; `pip install 'draftvocab[ray]'`, "
+        "RAY_ADDRESS for a cluster).")] = "local",
+    as_json: JsonOpt = False,
 ) -> None:
     """Count token frequencies over assistant responses only -> counts.safetensors."""
     s = _setup(preset, config, tokenizer, chat_template, data)
-    c = _count(s, max_samples=max_samples, seed=seed, columns=columns, role_map=role_map,
-               skip_bad_lines=skip_bad_lines, include_eot=eot, workers=workers, quiet=as_json)
+    if engine == "local":
+        c = _count(s, max_samples=max_samples, seed=seed, columns=columns, role_map=role_map,
+                   skip_bad_lines=skip_bad_lines, include_eot=eot, workers=workers,
+                   quiet=as_json)
+    else:
+        c = _count_on_engine(s, engine, columns=columns, role_map=role_map, include_eot=eot,
+                             workers=workers, max_samples=max_samples)
     c.save(out)
     summary = {**_counts_summary(c), "out": str(out)}
     if as_json:
@@ -831,6 +876,362 @@ def bench(
         return
     console.print(markdown(report), markup=False, highlight=False)
     err.print(f"report -> {escape(str(out))}: report.md, report.json, throughput.png")
+
+
+# --- analyses -----------------------------------------------------------------------------------
+
+RunOpt = Annotated[Path | None, typer.Option(
+    "--run", help="An `optimize` output directory: its mapping, counts and preset are used.")]
+MappingOpt = Annotated[Path | None, typer.Option(
+    "--mapping", help="vocab_mapping.pt/.safetensors (instead of --run).")]
+CountsOpt = Annotated[Path | None, typer.Option(
+    "--counts", help="Training counts file (with --k, instead of --run).")]
+KOpt = Annotated[int | None, typer.Option("--k", help="Vocabulary = top-k of --counts.")]
+GroupOpt = Annotated[str | None, typer.Option(
+    "--group-by", help="Record field that splits the evaluation data, e.g. category.")]
+OutDirOpt = Annotated[Path | None, typer.Option(
+    "--out", "-o", help="Directory for the JSON/markdown/PNG (default: RUN/analysis).")]
+
+
+@dataclass
+class _Vocab:
+    t2d: Any
+    counts: Any  # TokenCounts of the training data, when known
+    preset: str | None
+    label: str
+
+
+def _vocab(run: Path | None, mapping: Path | None, counts: Path | None, k: int | None) -> _Vocab:
+    from draftvocab.counts import TokenCounts
+    from draftvocab.mapping import build_mapping, load_mapping
+
+    if sum(x is not None for x in (run, mapping, counts)) != 1:
+        raise DraftVocabError("give exactly one of --run, --mapping, or --counts with --k")
+    if run is not None:
+        summary = _run_summary(run)
+        if not summary:
+            raise DraftVocabError(f"{run} is not an `optimize` output directory (no summary.json)")
+        c = TokenCounts.load(run / "counts.safetensors")
+        m = load_mapping(run, vocab_size=c.vocab_size)
+        return _Vocab(m.t2d, c, (summary.get("inputs") or {}).get("preset"),
+                      f"{run} (k = {m.k:,})")
+    if mapping is not None:
+        m = load_mapping(mapping)
+        return _Vocab(m.t2d, None, None, f"{mapping} (k = {m.k:,})")
+    if k is None:
+        raise DraftVocabError("--counts needs --k")
+    c = TokenCounts.load(counts)
+    if not 1 <= k <= c.vocab_size:
+        raise DraftVocabError(f"k must be in [1, V={c.vocab_size}], got {k}")
+    return _Vocab(build_mapping(c.counts, k).t2d, c, None, f"top {k:,} of {counts}")
+
+
+def _eval_counts(v: _Vocab, data: list[str], group_by: str | None, preset: str | None,
+                 tokenizer: Path | None, chat_template: Path | None, config: Path | None,
+                 workers: int | None, quiet: bool) -> tuple[dict, Any]:
+    """Supervised-token counts of the evaluation data per group (per file without --group-by),
+    with a clear error if it is tokenised differently from the vocabulary's training counts."""
+    from draftvocab.assets import tokenizer_fingerprint
+    from draftvocab.conversations import ColumnMap, read_conversations
+    from draftvocab.counts import count_by_group
+    from draftvocab.spans import ChatSpans
+
+    if not data:
+        raise DraftVocabError("give the evaluation data (files or directories)")
+    s = _setup(preset or v.preset, config, tokenizer, chat_template, data)
+    vocab = int(v.t2d.size)
+    if v.counts is not None:
+        theirs = (v.counts.metadata.get("tokenizer") or {}).get("sha256")
+        ours = tokenizer_fingerprint(s.tokenizer).get("sha256")
+        if theirs and ours and theirs != ours:
+            raise DraftVocabError(
+                f"the evaluation tokenizer (sha256 {ours[:12]}) differs from the one the "
+                f"vocabulary was counted with ({theirs[:12]}): token ids are not comparable")
+    spans = ChatSpans(s.tokenizer, template_kwargs=s.template_kwargs)
+    groups: dict = {}
+    for source in s.data:
+        reader = read_conversations(source, columns=ColumnMap(group=group_by) if group_by else None,
+                                    skip_bad_lines=s.skip_bad_lines)
+        with _CountProgress(None) if not quiet else _Null() as bar:
+            found = count_by_group(
+                _Progressing(reader, bar), spans, vocab, workers=workers)
+        for name, c in found.items():
+            key = name if group_by else Path(source).stem
+            groups[key] = groups[key] + c if key in groups else c
+    return groups, s.tokenizer
+
+
+class _Null:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
+
+
+class _Progressing:
+    """Iterate conversations, advancing a _CountProgress bar (if any) by one per record."""
+
+    def __init__(self, it, bar):
+        self.it, self.bar = it, bar
+
+    def __iter__(self):
+        for x in self.it:
+            if self.bar is not None:
+                self.bar(1, 0)
+            yield x
+
+
+def _md_table(head: list[str], rows: list[list[Any]]) -> str:
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(str(x) for x in r) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def _pct(x) -> str:
+    return "—" if x is None else f"{100 * x:.2f} %"
+
+
+@app.command("coverage", epilog="Examples:\n\n"
+             "  draftvocab coverage gen.jsonl --run runs/smol-vocab --group-by category\n\n"
+             "  draftvocab coverage eval/ --mapping vocab_mapping.pt --preset smollm2-135m\n\n"
+             "  draftvocab coverage gen.jsonl --run RUN --group-by category "
+             "--train-data train.jsonl   # + each domain's share of training tokens")
+@_fail_cleanly
+def coverage_cmd(
+    data: DataArg = None, run: RunOpt = None, mapping: MappingOpt = None,
+    counts: CountsOpt = None, k: KOpt = None, group_by: GroupOpt = None,
+    train_data: Annotated[list[Path] | None, typer.Option(
+        "--train-data", help="Training data labelled with the same --group-by field: adds "
+        "each domain's share of the training tokens (the paper's Table 5).")] = None,
+    preset: PresetOpt = None, tokenizer: TokenizerOpt = None, chat_template: TemplateOpt = None,
+    config: ConfigOpt = None, out: OutDirOpt = None, workers: WorkersOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Coverage of a vocabulary on evaluation data, per group and combined: tokens,
+    frequency-weighted and unique-token coverage (the paper's Tables 4 and 5)."""
+    from draftvocab.atomic import atomic_write
+    from draftvocab.coverage import coverage_table
+
+    v = _vocab(run, mapping, counts, k)
+    groups, _ = _eval_counts(v, data, group_by, preset, tokenizer, chat_template, config,
+                             workers, as_json)
+    train = None
+    if train_data:
+        if not group_by:
+            raise DraftVocabError("--train-data needs --group-by (the domains to compare)")
+        train, _ = _eval_counts(v, [str(p) for p in train_data], group_by, preset, tokenizer,
+                                chat_template, config, workers, as_json)
+    rows = coverage_table(groups, v.t2d, train)
+    out = out or ((run / "analysis") if run else Path("analysis"))
+    result = {"vocabulary": v.label, "group_by": group_by, "rows": [r.to_json() for r in rows]}
+    head = ["set", "tokens", "coverage", "unique tokens", "unique coverage"]
+    if train:
+        head.append("share of training tokens")
+    table = _md_table(head, [[r.name, f"{r.tokens:,}", _pct(r.coverage), f"{r.unique_tokens:,}",
+                              _pct(r.unique_coverage)] + ([_pct(r.train_share)] if train else [])
+                             for r in rows])
+    atomic_write(out / "coverage.json", json.dumps(result, indent=2) + "\n")
+    atomic_write(out / "coverage.md", f"Vocabulary: {v.label}\n\n{table}")
+    if as_json:
+        _emit_json(result | {"out": str(out)})
+        return
+    console.print(f"Vocabulary: {v.label}\n\n{table}", markup=False, highlight=False)
+    err.print(f"-> {escape(str(out))}/coverage.json, coverage.md")
+
+
+@app.command("missing", epilog="Examples:\n\n"
+             "  draftvocab missing gen.jsonl --run runs/smol-vocab --group-by category --top 15")
+@_fail_cleanly
+def missing_cmd(
+    data: DataArg = None, run: RunOpt = None, mapping: MappingOpt = None,
+    counts: CountsOpt = None, k: KOpt = None, group_by: GroupOpt = None,
+    top: Annotated[int, typer.Option("--top", help="Tokens listed per set.")] = 20,
+    preset: PresetOpt = None, tokenizer: TokenizerOpt = None, chat_template: TemplateOpt = None,
+    config: ConfigOpt = None, out: OutDirOpt = None, workers: WorkersOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """The most frequent evaluation tokens the vocabulary cannot emit, per set, with their
+    decoded text and counts: what trimming loses."""
+    from draftvocab.atomic import atomic_write
+    from draftvocab.coverage import missing_tokens
+
+    if top < 1:
+        raise DraftVocabError("--top must be at least 1")
+    v = _vocab(run, mapping, counts, k)
+    groups, tok = _eval_counts(v, data, group_by, preset, tokenizer, chat_template, config,
+                               workers, as_json)
+    if len(groups) > 1:
+        groups = {**groups, "all": sum(groups.values())}
+
+    def decode(ids):
+        return [tok.decode([i]) for i in ids]
+
+    result = {"vocabulary": v.label, "sets": {
+        name: [m.__dict__ for m in missing_tokens(c, v.t2d, top, decode)]
+        for name, c in groups.items()}}
+    md = [f"Vocabulary: {v.label}\n"]
+    for name, items in result["sets"].items():
+        md.append(f"### {name}\n")
+        md.append(_md_table(["id", "text", "count", "share of the set's tokens"],
+                            [[m["id"], repr(m["text"]).replace("|", "\\|"),
+                              f"{m['count']:,}", _pct(m["share"])] for m in items]))
+    out = out or ((run / "analysis") if run else Path("analysis"))
+    atomic_write(out / "missing.json", json.dumps(result, indent=2, ensure_ascii=False) + "\n")
+    atomic_write(out / "missing.md", "\n".join(md))
+    if as_json:
+        _emit_json(result | {"out": str(out)})
+        return
+    console.print("\n".join(md), markup=False, highlight=False)
+    err.print(f"-> {escape(str(out))}/missing.json, missing.md")
+
+
+def _floats(text: str, name: str) -> list[float]:
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise DraftVocabError(f"{name} takes comma-separated numbers, got {text!r}") from None
+
+
+@app.command("stability", epilog="Examples:\n\n"
+             "  draftvocab stability --preset smollm2-135m -o runs/stability\n\n"
+             "  draftvocab stability chats.jsonl --tokenizer tok/ --config config.json "
+             "--sizes 1000,5000,20000 --repeats 10")
+@_fail_cleanly
+def stability_cmd(
+    data: DataArg = None, preset: PresetOpt = None, tokenizer: TokenizerOpt = None,
+    chat_template: TemplateOpt = None, config: ConfigOpt = None,
+    sizes: Annotated[str | None, typer.Option(
+        "--sizes", help="Comma-separated sample sizes (default 1k, 2k, 5k, 10k, 25k, … all).")
+    ] = None,
+    repeats: Annotated[int, typer.Option("--repeats", help="Random subsets per size.")] = 5,
+    alpha: Annotated[float, typer.Option("--alpha")] = 0.5,
+    c_min: Annotated[float, typer.Option("--c-min")] = 0.9,
+    tolerance: Annotated[float, typer.Option("--tolerance", help="Stable = within this "
+                                              "fraction of k* on all data.")] = 0.02,
+    max_samples: SamplesOpt = None, seed: SeedOpt = 0, skip_bad_lines: SkipOpt = False,
+    workers: WorkersOpt = None,
+    out: Annotated[Path, typer.Option(
+        "--out", "-o", help="Directory for stability.json and .png (e.g. RUN/analysis).")
+    ] = Path("analysis"),
+    as_json: JsonOpt = False,
+) -> None:
+    """k* as a function of the number of training conversations (several random subsets per
+    size): mean, spread, and the sample size after which k* stays within 2 % (paper's Fig. 3)."""
+    from rich.progress import Progress
+
+    from draftvocab.assets import config_vocab_size
+    from draftvocab.atomic import atomic_write
+    from draftvocab.conversations import read_conversations
+    from draftvocab.counts import iter_supervised
+    from draftvocab.flops import flops_breakdown
+    from draftvocab.plots import plot_stability
+    from draftvocab.spans import ChatSpans
+    from draftvocab.stability import SparseCounts, stability
+
+    s = _setup(preset, config, tokenizer, chat_template, data)
+    vocab = config_vocab_size(s.config, str(s.config_path))
+    spans = ChatSpans(s.tokenizer, template_kwargs=s.template_kwargs)
+    per_conv = []
+    for source in s.data:
+        reader = read_conversations(source, skip_bad_lines=skip_bad_lines or s.skip_bad_lines,
+                                    max_samples=max_samples, seed=seed)
+        with _CountProgress(max_samples) if not as_json else _Null() as bar:
+            per_conv += [ids for _, ids in iter_supervised(_Progressing(reader, bar), spans,
+                                                           vocab, workers=workers)]
+    data_sparse = SparseCounts.from_conversations(per_conv)
+    del per_conv
+    size_list = [int(x) for x in _floats(sizes, "--sizes")] if sizes else None
+    with Progress(console=err, transient=True, disable=as_json) as bar:
+        task = bar.add_task("subsets", total=len(size_list) if size_list else None)
+        result = stability(data_sparse, vocab, flops_breakdown(s.config_path), sizes=size_list,
+                           repeats=repeats, alpha=alpha, c_min=c_min, seed=seed,
+                           tolerance=tolerance, progress=lambda n: bar.advance(task, n))
+    atomic_write(out / "stability.json", json.dumps(result, indent=2) + "\n")
+    plot_stability(result, out / "stability.png")
+    if as_json:
+        _emit_json(result | {"out": str(out)})
+        return
+    rows = [[f"{p['size']:,}", f"{p['mean']:,.0f}", f"{p['std']:,.0f}", f"{p['min']:,}",
+             f"{p['max']:,}"] for p in result["points"]]
+    console.print(_md_table(["conversations", "mean k*", "std", "min", "max"], rows),
+                  markup=False, highlight=False)
+    stable = result["stable_from"]
+    err.print(f"k* on all {result['conversations']:,} conversations: {result['reference_k']:,}; "
+              + (f"within ±{tolerance:.0%} from {stable:,} conversations on"
+                 if stable else "not stable within the sizes tried")
+              + f" -> {escape(str(out))}/stability.json, stability.png")
+
+
+@app.command("sweep", epilog="Examples:\n\n"
+             "  draftvocab sweep --run runs/smol-vocab\n\n"
+             "  draftvocab sweep --counts counts.safetensors --preset llama3.1-8b "
+             "--alphas 0.2,0.5,0.8 --c-mins 0.85,0.9,0.95")
+@_fail_cleanly
+def sweep_cmd(
+    run: RunOpt = None, counts: CountsOpt = None, preset: PresetOpt = None,
+    config: ConfigOpt = None,
+    alphas: Annotated[str, typer.Option("--alphas")] = "0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9",
+    c_mins: Annotated[str, typer.Option("--c-mins")] = "0.8,0.85,0.9,0.92,0.95,0.97,0.99",
+    out: OutDirOpt = None, as_json: JsonOpt = False,
+) -> None:
+    """k* over a grid of α and c_min (exact solver), as a table and a heatmap."""
+    from draftvocab.atomic import atomic_write
+    from draftvocab.counts import TokenCounts
+    from draftvocab.flops import flops_breakdown
+    from draftvocab.plots import plot_sweep
+    from draftvocab.stability import sweep
+
+    if (run is None) == (counts is None):
+        raise DraftVocabError("give --run or --counts")
+    if run is not None:
+        inputs = _run_summary(run).get("inputs") or {}
+        counts = run / "counts.safetensors"
+        if preset is None and config is None:
+            preset = inputs.get("preset")
+            config = None if preset else Path(inputs["config"]) if inputs.get("config") else None
+    s = _setup(preset, config, need_tokenizer=False)
+    c = TokenCounts.load(counts)
+    rows = sweep(c.counts, flops_breakdown(s.config_path), _floats(alphas, "--alphas"),
+                 _floats(c_mins, "--c-mins"))
+    out = out or ((run / "analysis") if run else Path("analysis"))
+    atomic_write(out / "sweep.json", json.dumps(rows, indent=2) + "\n")
+    plot_sweep(rows, out / "sweep.png")
+    if as_json:
+        _emit_json({"rows": rows, "out": str(out)})
+        return
+    a_list = sorted({r["alpha"] for r in rows})
+    table = [[f"{cm:g}"] + [next((f"{r['k']:,}" if r["k"] else "—") for r in rows
+                                 if r["alpha"] == a and r["c_min"] == cm) for a in a_list]
+             for cm in sorted({r["c_min"] for r in rows})]
+    console.print(_md_table(["c_min \\ α", *[f"{a:g}" for a in a_list]], table),
+                  markup=False, highlight=False)
+    err.print(f"-> {escape(str(out))}/sweep.json, sweep.png")
+
+
+@app.command("report", epilog="Examples:\n\n"
+             "  draftvocab report runs/smol-vocab                 # -> runs/smol-vocab/report.html\n\n"
+             "  draftvocab report runs/smol-vocab -o report.html")
+@_fail_cleanly
+def report_cmd(
+    run: Annotated[Path, typer.Argument(help="An `optimize` output directory.",
+                                        show_default=False)],
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="HTML file.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """One self-contained HTML report: k*, FLOPs table, utility/Pareto plots and the analyses
+    in RUN/analysis (coverage, missing tokens, stability, sweep)."""
+    from draftvocab.atomic import atomic_write
+    from draftvocab.report import build_report
+
+    out = out or run / "report.html"
+    atomic_write(out, build_report(run))
+    sections = [n for n in ("coverage", "missing", "stability", "sweep")
+                if (run / "analysis" / f"{n}.json").is_file()]
+    if as_json:
+        _emit_json({"out": str(out), "analyses": sections})
+    else:
+        err.print(f"report -> {escape(str(out))} (analyses: {', '.join(sections) or 'none'})")
 
 
 # --- interoperability -------------------------------------------------------------------------

@@ -74,17 +74,19 @@ class ColumnMap:
     messages: str | None = None
     role: str | None = None
     content: str | None = None
+    group: str | None = None  # record field that labels a conversation (category, domain)
 
     @classmethod
     def parse(cls, text: str) -> ColumnMap:
-        """Parse the CLI's `--columns key=value,...` form (keys: messages, role, content)."""
+        """Parse the CLI's `--columns key=value,...` form (keys: messages, role, content, group)."""
         values: dict[str, str] = {}
         for item in (part.strip() for part in text.split(",")):
             key, sep, value = (s.strip() for s in item.partition("="))
-            if not sep or not value or key not in ("messages", "role", "content") or key in values:
+            if (not sep or not value or key not in ("messages", "role", "content", "group")
+                    or key in values):
                 raise DraftVocabError(
                     f"bad --columns '{text}': expected key=value pairs with keys messages, role, "
-                    "content, e.g. messages=chat,role=speaker,content=text"
+                    "content, group, e.g. messages=chat,role=speaker,content=text"
                 )
             values[key] = value
         return cls(**values)
@@ -114,6 +116,7 @@ class Conversation:
 
     messages: list[dict[str, str]]
     source: str
+    group: str | None = None  # the record's `ColumnMap.group` field, e.g. a category
 
 
 @dataclass
@@ -675,7 +678,11 @@ class ConversationReader:
                     stats._skip("no_assistant_turn")
                 else:
                     stats.yielded += 1
-                    yield Conversation(messages, loc.tag)
+                    group = None
+                    if self._columns.group is not None and isinstance(record, dict):
+                        value = record.get(self._columns.group)
+                        group = None if value is None else str(value)
+                    yield Conversation(messages, loc.tag, group)
         if stats.records == 0:
             self._raise_empty(stats)
         self.stats = stats

@@ -116,6 +116,8 @@ class _BatchResult:
     ids: np.ndarray  # supervised token ids of the batch
     conversations: int
     skipped: Counter
+    used: list[int] = field(default_factory=list)  # batch index of each counted conversation
+    sizes: list[int] = field(default_factory=list)  # its number of supervised tokens
 
 
 _WORKER_SPANS: ChatSpans | None = None
@@ -125,21 +127,27 @@ def _count_batch(batch: list[list[dict[str, str]]], spans: ChatSpans | None = No
     spans = spans or _WORKER_SPANS
     skipped: Counter[str] = Counter()
     windows: list = []
-    conversations = 0
-    for messages in batch:
+    owner: list[int] = []  # which counted conversation each window belongs to
+    used: list[int] = []
+    for i, messages in enumerate(batch):
         try:
-            windows.extend(spans.windows(spans.render(messages)))
-            conversations += 1
+            ws = spans.windows(spans.render(messages))
         except SpanError as exc:
             skipped[exc.reason] += 1
+            continue
+        owner.extend([len(used)] * len(ws))
+        windows.extend(ws)
+        used.append(i)
     backend = spans.tokenizer.backend_tokenizer
     encodings = backend.encode_batch([w.text for w in windows], add_special_tokens=False)
     supervised: list[int] = []
-    for enc, w in zip(encodings, windows):
+    sizes = [0] * len(used)
+    for enc, w, o in zip(encodings, windows, owner):
         ids = enc.ids
         for rng in spans.token_ranges(enc, w, ids):
             supervised.extend(ids[rng.start:rng.stop])
-    return _BatchResult(np.array(supervised, dtype=np.int64), conversations, skipped)
+            sizes[o] += len(rng)
+    return _BatchResult(np.array(supervised, dtype=np.int64), len(used), skipped, used, sizes)
 
 
 def _init_worker(spans: ChatSpans) -> None:
@@ -150,9 +158,66 @@ def _init_worker(spans: ChatSpans) -> None:
 
 
 def _batches(conversations: Iterable, size: int) -> Iterator[list[list[dict[str, str]]]]:
+    for batch in _raw_batches(conversations, size):
+        yield [getattr(c, "messages", c) for c in batch]
+
+
+def _raw_batches(conversations: Iterable, size: int) -> Iterator[list]:
     it = iter(conversations)
     while batch := list(islice(it, size)):
-        yield [getattr(c, "messages", c) for c in batch]
+        yield batch
+
+
+def iter_supervised(conversations: Iterable, spans: ChatSpans, vocab_size: int, *,
+                    batch_size: int = 64, workers: int | None = None,
+                    skipped: Counter | None = None) -> Iterator[tuple[Any, np.ndarray]]:
+    """(conversation, its supervised token ids) for every usable conversation, tokenised by
+    `workers` processes like `count_tokens`; in completion order, not input order. For
+    analyses that need counts per conversation or per group (`Conversation.group`)."""
+    workers = workers or os.cpu_count() or 1
+    skipped = Counter() if skipped is None else skipped
+
+    def split(batch, res: _BatchResult):
+        if res.ids.size and int(res.ids.max()) >= vocab_size:
+            raise DraftVocabError(
+                f"token id {int(res.ids.max())} >= vocab_size {vocab_size} of the target config: "
+                "tokenizer and config do not belong together")
+        skipped.update(res.skipped)
+        parts = np.split(res.ids, np.cumsum(res.sizes)[:-1]) if res.used else []
+        for i, ids in zip(res.used, parts):
+            yield batch[i], ids
+
+    batches = _raw_batches(conversations, batch_size)
+    if workers == 1:
+        for batch in batches:
+            yield from split(batch, _count_batch([getattr(c, "messages", c) for c in batch], spans))
+        return
+    ctx = multiprocessing.get_context("fork")
+    with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
+                             initargs=(spans,)) as pool:
+        pending: dict[Future, list] = {}
+        for batch in batches:
+            pending[pool.submit(_count_batch, [getattr(c, "messages", c) for c in batch])] = batch
+            if len(pending) >= 2 * workers:
+                done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for fut in done:
+                    yield from split(pending.pop(fut), fut.result())
+        for fut in as_completed(list(pending)):
+            yield from split(pending.pop(fut), fut.result())
+
+
+def count_by_group(conversations: Iterable, spans: ChatSpans, vocab_size: int,
+                   **kwargs) -> dict[str, np.ndarray]:
+    """int64[V] supervised-token counts per `Conversation.group` ("all" when unlabelled)."""
+    out: dict[str, np.ndarray] = {}
+    for conv, ids in iter_supervised(conversations, spans, vocab_size, **kwargs):
+        key = getattr(conv, "group", None) or "all"
+        if key not in out:
+            out[key] = np.zeros(vocab_size, dtype=np.int64)
+        out[key] += np.bincount(ids, minlength=vocab_size)
+    if not out:
+        raise DraftVocabError("no usable conversations to count")
+    return out
 
 
 def count_tokens(

@@ -197,3 +197,57 @@ def plot_pareto(objective: Objective, result: OptimizeResult, path: str | os.Pat
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=7, loc="lower left")
     return _save(fig, path)
+
+
+def plot_stability(result: dict, path: str | os.PathLike) -> Path:
+    """k* vs number of training conversations: every subset, mean ± std, the ±tolerance band
+    around k* on all data (the paper's Fig. 3)."""
+    points = result["points"]
+    sizes = np.array([p["size"] for p in points])
+    means = np.array([p["mean"] for p in points])
+    stds = np.array([p["std"] for p in points])
+    ref, tol = result["reference_k"], result["tolerance"]
+    fig = Figure(figsize=(7.5, 4.5))
+    ax = fig.subplots()
+    ax.axhspan(ref * (1 - tol), ref * (1 + tol), color="tab:green", alpha=0.15,
+               label=f"k* on all data ± {tol:.0%}")
+    for p in points:
+        ax.scatter([p["size"]] * len(p["ks"]), p["ks"], s=12, color="0.6", zorder=2)
+    ax.errorbar(sizes, means, yerr=stds, fmt="o-", color="tab:blue", capsize=3, zorder=3,
+                label=f"mean ± std of {result['repeats']} subsets")
+    if result.get("stable_from"):
+        ax.axvline(result["stable_from"], color="tab:green", ls="--",
+                   label=f"stable from {result['stable_from']:,} conversations")
+    ax.set_xscale("log")
+    ax.set_xlabel("training conversations")
+    ax.set_ylabel("k*")
+    ax.set_title(f"k* stability (α = {result['alpha']}, c_min = {result['c_min']})")
+    ax.legend(loc="best", fontsize=8)
+    ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def plot_sweep(rows: list[dict], path: str | os.PathLike) -> Path:
+    """Heatmap of k* over α (x) and c_min (y); blank where c_min is unreachable."""
+    alphas = sorted({r["alpha"] for r in rows})
+    c_mins = sorted({r["c_min"] for r in rows})
+    grid = np.full((len(c_mins), len(alphas)), np.nan)
+    for r in rows:
+        if r["k"] is not None:
+            grid[c_mins.index(r["c_min"]), alphas.index(r["alpha"])] = r["k"]
+    fig = Figure(figsize=(1.1 * len(alphas) + 2.5, 0.6 * len(c_mins) + 2))
+    ax = fig.subplots()
+    valid = grid[np.isfinite(grid)]
+    norm = LogNorm(vmin=max(valid.min(), 1), vmax=max(valid.max(), 2)) if valid.size else None
+    im = ax.imshow(grid, cmap="viridis", norm=norm, aspect="auto", origin="lower")
+    for (i, j), k in np.ndenumerate(grid):
+        text = "—" if np.isnan(k) else f"{int(k):,}"
+        ax.text(j, i, text, ha="center", va="center", fontsize=7,
+                color="white" if np.isfinite(k) and valid.size and k < np.median(valid) else "k")
+    ax.set_xticks(range(len(alphas)), [f"{a:g}" for a in alphas])
+    ax.set_yticks(range(len(c_mins)), [f"{c:g}" for c in c_mins])
+    ax.set_xlabel("α (weight of coverage)")
+    ax.set_ylabel("c_min")
+    ax.set_title("k* over α and c_min")
+    fig.colorbar(im, ax=ax, label="k*")
+    return _save(fig, path)
