@@ -365,6 +365,80 @@ def _result_table(res) -> Table:
     return t
 
 
+def _read_latency(path: Path, vocab: int) -> dict:
+    if not path.is_file():
+        raise DraftVocabError(f"--latency is flops, measured or a latency.json; {path} not found")
+    try:
+        data = json.loads(path.read_text())
+        ok = {"ks", "seconds", "vocab_size"} <= data.keys() and len(data["ks"]) >= 2
+    except (json.JSONDecodeError, AttributeError):
+        ok = False
+    if not ok:
+        raise DraftVocabError(f"{path} is not a latency.json from `draftvocab latency`")
+    if int(data["vocab_size"]) != vocab:
+        raise DraftVocabError(f"{path} was measured for V={data['vocab_size']}, this target "
+                              f"has V={vocab}")
+    return data
+
+
+def _optimize_speedup(s, c, f, model, latency_json, calibration, k_min, k_max, out_dir,
+                      counts_path, as_json) -> None:
+    """k* = argmax of predicted tokens/s over every k; writes the run directory."""
+    import numpy as np
+
+    from draftvocab.atomic import atomic_directory
+    from draftvocab.latency import predict_speed
+    from draftvocab.mapping import build_mapping, write_mapping_files
+    from draftvocab.objective import coverage_curve
+    from draftvocab.plots import plot_speed
+
+    if calibration is None or not calibration.is_file():
+        raise DraftVocabError("--objective speedup needs --calibration FILE (from `draftvocab "
+                              "calibrate DRAFT`)")
+    cal = json.loads(calibration.read_text())
+    if cal.get("vocab_size") != f.vocab_size:
+        raise DraftVocabError(f"{calibration} is for V={cal.get('vocab_size')}, the target has "
+                              f"V={f.vocab_size}")
+    vocab = f.vocab_size
+    k_max = k_max or vocab
+    if not 1 <= k_min <= k_max <= vocab:
+        raise DraftVocabError(f"need 1 <= k_min <= k_max <= V={vocab}")
+    coverage = coverage_curve(c.counts)
+    ks = np.arange(1, vocab + 1)
+    pred = predict_speed(coverage[1:], model(ks), cal["t_verify_seconds"], cal["alphas"],
+                         float(coverage[cal["draft_vocab_size"]]))
+    window = slice(k_min - 1, k_max)
+    k_best = int(ks[window][np.argmax(pred["tokens_per_s"][window])])
+    summary = {"objective": "speedup", "k": k_best, "vocab_size": vocab,
+               "coverage": float(coverage[k_best]),
+               "predicted_tokens_per_s": float(pred["tokens_per_s"][k_best - 1]),
+               "predicted_accept_length": float(pred["tau"][k_best - 1]),
+               "predicted_full_vocab_tokens_per_s": float(pred["tokens_per_s"][-1]),
+               "draft_seconds_at_k": float(model(k_best)), "calibration": cal,
+               "k_min": k_min, "k_max": k_max,
+               "inputs": {"preset": getattr(s.preset, "name", None),
+                          "config": str(s.config_path), "counts_file":
+                          str(counts_path) if counts_path else None},
+               "supervised_tokens": c.total}
+    grid = np.unique(np.geomspace(1, vocab, 2000).astype(int))
+    with atomic_directory(out_dir) as tmp:
+        c.save(tmp / "counts.safetensors")
+        decode = (lambda ids: s.tokenizer.convert_ids_to_tokens(ids)) if s.tokenizer else None
+        write_mapping_files(tmp, build_mapping(c.counts, k_best), counts=c.counts, decode=decode)
+        (tmp / "latency.json").write_text(json.dumps(latency_json, indent=2) + "\n")
+        plot_speed(grid, pred["tokens_per_s"][grid - 1], k_best, tmp / "speed.png",
+                   plain=cal.get("plain_tokens_per_s"))
+        (tmp / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    if as_json:
+        _emit_json(summary | {"out": str(out_dir)})
+        return
+    console.print(f"[bold green]k* = {k_best:,}[/bold green] of V = {vocab:,} by predicted "
+                  f"speed: {summary['predicted_tokens_per_s']:.1f} tok/s (τ "
+                  f"{summary['predicted_accept_length']:.2f}, C = {summary['coverage']:.4f}); "
+                  f"full vocabulary {summary['predicted_full_vocab_tokens_per_s']:.1f} tok/s "
+                  f"-> [bold]{escape(str(out_dir))}[/bold]")
+
+
 @app.command(epilog="Examples:\n\n"
              "  draftvocab optimize                                  # the paper's setting, "
              "offline\n\n"
@@ -392,6 +466,14 @@ def optimize(
     role_map: RoleMapOpt = None, skip_bad_lines: SkipOpt = False, eot: EotOpt = True,
     workers: WorkersOpt = None,
     plots: Annotated[bool, typer.Option("--plots/--no-plots")] = True,
+    latency: Annotated[str, typer.Option(
+        "--latency", help="R(k) from: flops (the paper), measured (time draft forwards now, "
+        "on the CPU), or a latency.json written by `draftvocab latency`.")] = "flops",
+    objective_name: Annotated[str, typer.Option(
+        "--objective", help="utility (the paper: α·C + (1−α)·R under c_min) or speedup "
+        "(predicted tokens/s, every k, no α or c_min; needs --calibration).")] = "utility",
+    calibration: Annotated[Path | None, typer.Option(
+        "--calibration", help="calibration.json from `draftvocab calibrate` (speedup).")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Choose the draft vocabulary size k* and write the mapping, plots and summary."""
@@ -415,7 +497,32 @@ def optimize(
         c = _count(s, max_samples=max_samples, seed=seed, columns=columns, role_map=role_map,
                    skip_bad_lines=skip_bad_lines, include_eot=eot, workers=workers,
                    quiet=as_json)
+    if objective_name not in ("utility", "speedup"):
+        raise DraftVocabError(f"--objective must be utility or speedup, got {objective_name!r}")
+    model, latency_json = None, None
+    if latency == "measured" or (objective_name == "speedup" and latency == "flops"):
+        from draftvocab.latency import default_grid
+
+        latency_json = _measure(s.config, default_grid(f.vocab_size), 1, 256, 20, "cpu",
+                                as_json)
+    elif latency != "flops":
+        latency_json = _read_latency(Path(latency), f.vocab_size)
+    if latency_json is not None:
+        from draftvocab.latency import LatencyModel
+
+        model = LatencyModel.from_json(latency_json)
+    name = s.preset.name if s.preset is not None and not (tokenizer or config) else "run"
+    out_dir = out or Path("draftvocab-out") / name
+    if objective_name == "speedup":
+        _optimize_speedup(s, c, f, model, latency_json, calibration, k_min, k_max, out_dir,
+                          counts, as_json)
+        return
     objective = make_objective(c.counts, f, alpha, c_min)
+    if model is not None:
+        from draftvocab.objective import Objective
+
+        objective = Objective(coverage=objective.coverage, reduction=model.reduction(),
+                              alpha=alpha, c_min=c_min)
     bar = None
     if solver in ("tpe", "both") and not as_json:
         from rich.progress import Progress
@@ -429,14 +536,17 @@ def optimize(
     finally:
         if bar:
             bar.stop()
-    name = s.preset.name if s.preset is not None and not (tokenizer or config) else "run"
-    out_dir = out or Path("draftvocab-out") / name
     inputs = {"preset": getattr(s.preset, "name", None), "config": str(s.config_path),
               "config_sha256": sha256_text(json.dumps(s.config, sort_keys=True)),
-              "counts_file": str(counts) if counts else None}
+              "counts_file": str(counts) if counts else None,
+              "latency": "flops" if model is None else latency}
     decode = (lambda ids: s.tokenizer.convert_ids_to_tokens(ids)) if s.tokenizer else None
     out_dir, summary = write_run(out_dir, counts=c, flops=f, objective=objective, result=res,
                                  inputs=inputs, decode=decode, plots=plots)
+    if latency_json is not None:
+        from draftvocab.atomic import atomic_write
+
+        atomic_write(out_dir / "latency.json", json.dumps(latency_json, indent=2) + "\n")
     if as_json:
         _emit_json({**summary, "out": str(out_dir)})
         return
@@ -1232,6 +1342,163 @@ def report_cmd(
         _emit_json({"out": str(out), "analyses": sections})
     else:
         err.print(f"report -> {escape(str(out))} (analyses: {', '.join(sections) or 'none'})")
+
+
+# --- measured latency and predicted speed --------------------------------------------------------
+
+
+def _ints(text: str, name: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise DraftVocabError(f"{name} takes comma-separated integers, got {text!r}") from None
+
+
+def _measure(cfg: dict, ks: list[int], width: int, prefix: int, repeats: int, device: str,
+             quiet: bool) -> dict:
+    from rich.progress import Progress
+
+    from draftvocab.latency import measure_latency
+
+    with Progress(console=err, transient=True, disable=quiet) as bar:
+        task = bar.add_task("timing draft forwards", total=len(ks))
+        return measure_latency(cfg, ks, width=width, prefix=prefix, repeats=repeats,
+                               device=device, progress=lambda n: bar.advance(task, n))
+
+
+@app.command("latency", epilog="Examples:\n\n"
+             "  draftvocab latency --preset smollm2-135m -o runs/latency\n\n"
+             "  draftvocab latency --config config.json --width 8 --round 6851   "
+             "# tree width 8; fastest multiple near 6851\n\n"
+             "  draftvocab optimize --preset smollm2-135m --latency runs/latency/latency.json")
+@_fail_cleanly
+def latency_cmd(
+    preset: PresetOpt = None, config: ConfigOpt = None,
+    ks: Annotated[str | None, typer.Option(
+        "--ks", help="Comma-separated k to time (default: 24 log-spaced values up to V).")
+    ] = None,
+    width: Annotated[int, typer.Option(
+        "--width", help="Tokens per draft forward: 1 for a chain, top-k for a tree level.")] = 1,
+    prefix: Annotated[int, typer.Option("--prefix", help="Draft KV-cache length.")] = 256,
+    repeats: Annotated[int, typer.Option("--repeats", help="Timed forwards per k (median).")
+                       ] = 20,
+    device: Annotated[str, typer.Option("--device", help="cpu or cuda.")] = "cpu",
+    round_k: Annotated[int | None, typer.Option(
+        "--round", help="Also time k's round-ups to multiples of 8…256 (within +2 %).")] = None,
+    out: Annotated[Path, typer.Option("--out", "-o")] = Path("latency"),
+    as_json: JsonOpt = False,
+) -> None:
+    """Time one draft forward (fusion + layer + LM head of k rows) over a grid of k; fit a
+    piecewise model, compare measured R(k) with the FLOPs R(k), flag GEMM-tiling anomalies."""
+    from draftvocab.atomic import atomic_directory
+    from draftvocab.flops import flops_breakdown
+    from draftvocab.latency import LatencyModel, default_grid, fastest_multiple
+    from draftvocab.plots import plot_latency
+
+    s = _setup(preset, config, need_tokenizer=False)
+    f = flops_breakdown(s.config_path)
+    grid = _ints(ks, "--ks") if ks else default_grid(f.vocab_size)
+    if width < 1 or repeats < 1 or prefix < 0:
+        raise DraftVocabError("--width and --repeats must be >= 1, --prefix >= 0")
+    result = _measure(s.config, grid, width, prefix, repeats, device, as_json)
+    model = LatencyModel.from_json(result)
+    fixed, per_row = model.linear_fit()
+    result |= {"linear_fit": {"fixed_seconds": fixed, "seconds_per_row": per_row},
+               "anomalies": model.anomalies(),
+               "flops_fixed_share": f.fixed / f.total(), "measured_fixed_share":
+               fixed / float(model(f.vocab_size))}
+    if round_k is not None:
+        result["rounding"] = fastest_multiple(
+            round_k, lambda c: _measure(s.config, c, width, prefix, repeats, device,
+                                        True)["seconds"], vocab=f.vocab_size)
+    import numpy as np
+
+    r_flops = np.asarray(f.latency_reduction(np.arange(f.vocab_size + 1)), dtype=float)
+    with atomic_directory(out) as tmp:
+        (tmp / "latency.json").write_text(json.dumps(result, indent=2) + "\n")
+        plot_latency(model.ks, model.seconds, model.reduction(), r_flops, tmp / "latency.png",
+                     title=f"draft forward, width {width}, {device}")
+    if as_json:
+        _emit_json(result | {"out": str(out)})
+        return
+    rows = [[f"{k:,}", f"{1e3 * t:.3f}", f"{1 - t / result['seconds'][-1]:.3f}",
+             f"{r_flops[k]:.3f}"] for k, t in zip(result["ks"], result["seconds"])]
+    console.print(_md_table(["k", "ms", "R measured", "R FLOPs"], rows), markup=False,
+                  highlight=False)
+    err.print(f"fit: {1e3 * fixed:.3f} ms fixed + {1e6 * per_row:.3f} µs per 1,000 rows "
+              f"(fixed share at k = V: measured {result['measured_fixed_share']:.0%}, FLOPs "
+              f"{result['flops_fixed_share']:.0%}); {len(result['anomalies'])} tiling anomalies")
+    if "rounding" in result:
+        r = result["rounding"]
+        err.print(f"fastest near {r['k']:,}: {r['fastest']:,} ({r['saving']:+.1%} time)")
+    err.print(f"-> {escape(str(out))}/latency.json, latency.png")
+
+
+@app.command("calibrate", epilog="Examples:\n\n"
+             "  draftvocab calibrate runs/draft-full -o runs/calibration.json\n\n"
+             "  draftvocab optimize --preset smollm2-135m --objective speedup "
+             "--calibration runs/calibration.json")
+@_fail_cleanly
+def calibrate_cmd(
+    draft: Annotated[Path, typer.Argument(help="A (preferably full-vocabulary) draft.",
+                                          show_default=False)],
+    target: Annotated[str, typer.Option("--target")] = "smollm2-135m",
+    gamma: Annotated[int, typer.Option("--gamma", help="Chain length.")] = 2,
+    per_category: Annotated[int, typer.Option("--per-category")] = 2,
+    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens")] = 64,
+    out: Annotated[Path, typer.Option("--out", "-o")] = Path("calibration.json"),
+    as_json: JsonOpt = False,
+) -> None:
+    """Per-position acceptance α_j of a draft and the target's verify time, from chain
+    decoding on Spec-Bench: the inputs of `optimize --objective speedup`."""
+    import numpy as np
+
+    from draftvocab.atomic import atomic_write
+    from draftvocab.bench import load_questions
+    from draftvocab.decode import SpeculativeDecoder
+    from draftvocab.draft import aux_layers, load_draft
+    from draftvocab.latency import acceptance_from_lengths
+    from draftvocab.target import load_target
+
+    tgt = load_target(target, layers=aux_layers([draft]))
+    d = load_draft(draft, tgt)
+    dec = SpeculativeDecoder(tgt, d, tree=False, gamma=gamma)
+    lengths, verify, forwards, plain_s, plain_tok = [], 0.0, 0, 0.0, 0
+    plain = SpeculativeDecoder(tgt)
+    from rich.progress import Progress
+
+    qs = load_questions(per_category=per_category, turns=1)
+    with Progress(console=err, transient=True, disable=as_json) as bar:
+        task = bar.add_task("calibrating", total=len(qs))
+        for q in qs:
+            ids = tgt.tokenizer.apply_chat_template([{"role": "user", "content": q.turns[0]}],
+                                                    add_generation_prompt=True, tokenize=True)
+            ids = list(ids["input_ids"] if hasattr(ids, "keys") else ids)
+            if len(ids) + max_new_tokens > tgt.max_length:
+                continue
+            res = dec.generate(ids, max_new_tokens)
+            lengths += res.accept_lengths
+            verify += res.target_seconds
+            forwards += res.target_forwards + 1
+            p = plain.generate(ids, max_new_tokens)
+            plain_s, plain_tok = plain_s + p.seconds, plain_tok + len(p.tokens)
+            bar.advance(task)
+    c = d.config
+    if not lengths:
+        raise DraftVocabError("no question fitted the target's context")
+    result = {"draft": str(draft), "gamma": gamma,
+              "alphas": acceptance_from_lengths(lengths, gamma),
+              "accept_length": float(np.mean(lengths)), "t_verify_seconds": verify / forwards,
+              "draft_vocab_size": c.draft_vocab_size, "vocab_size": c.vocab_size,
+              "plain_tokens_per_s": plain_tok / plain_s, "rounds": len(lengths)}
+    atomic_write(out, json.dumps(result, indent=2) + "\n")
+    if as_json:
+        _emit_json(result | {"out": str(out)})
+        return
+    alphas = ", ".join(f"{a:.3f}" for a in result["alphas"])
+    err.print(f"α = {alphas}; τ {result['accept_length']:.3f}; "
+              f"verify {1e3 * result['t_verify_seconds']:.1f} ms; plain "
+              f"{result['plain_tokens_per_s']:.1f} tok/s -> {escape(str(out))}")
 
 
 # --- interoperability -------------------------------------------------------------------------

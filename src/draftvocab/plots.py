@@ -251,3 +251,48 @@ def plot_sweep(rows: list[dict], path: str | os.PathLike) -> Path:
     ax.set_title("k* over α and c_min")
     fig.colorbar(im, ax=ax, label="k*")
     return _save(fig, path)
+
+
+def plot_latency(ks: np.ndarray, seconds: np.ndarray, r_measured: np.ndarray,
+                 r_flops: np.ndarray, path: str | os.PathLike, *, title: str = "") -> Path:
+    """Left: measured draft-forward time vs k. Right: R(k) from FLOPs vs from measured time."""
+    fig = Figure(figsize=(11, 4.2))
+    ax1, ax2 = fig.subplots(1, 2)
+    ax1.plot(ks, 1e3 * seconds, "o-", ms=3)
+    ax1.set_xscale("log")
+    ax1.set_xlabel("draft vocabulary size k")
+    ax1.set_ylabel("one draft forward (ms)")
+    ax1.set_title(title or "measured draft latency")
+    ax1.grid(alpha=0.3)
+    grid = np.unique(np.geomspace(1, r_flops.size - 1, 400).astype(int))
+    ax2.plot(grid, r_flops[grid], label="R(k) from FLOPs (paper)")
+    ax2.plot(grid, r_measured[grid], label="R(k) measured")
+    ax2.set_xscale("log")
+    ax2.set_xlabel("draft vocabulary size k")
+    ax2.set_ylabel("latency reduction R(k)")
+    ax2.set_title("FLOPs vs measured latency reduction")
+    ax2.legend(loc="best", fontsize=8)
+    ax2.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def plot_speed(ks: np.ndarray, tokens_per_s: np.ndarray, k_best: int, path: str | os.PathLike,
+               *, measured: list[tuple[int, float, float]] | None = None,
+               plain: float | None = None) -> Path:
+    """Predicted tokens/s vs k, its argmax, and (k, measured, ±ci) points if given."""
+    fig = Figure(figsize=(7.5, 4.5))
+    ax = fig.subplots()
+    ax.plot(ks, tokens_per_s, label="predicted")
+    ax.axvline(k_best, color="tab:red", ls="--", label=f"predicted k* = {k_best:,}")
+    if measured:
+        mk, mv, me = zip(*measured)
+        ax.errorbar(mk, mv, yerr=me, fmt="o", color="k", capsize=3, label="measured")
+    if plain:
+        ax.axhline(plain, color="0.5", ls=":", label=f"plain decoding {plain:.1f}")
+    ax.set_xscale("log")
+    ax.set_xlabel("draft vocabulary size k")
+    ax.set_ylabel("tokens/s")
+    ax.set_title("Predicted end-to-end speed")
+    ax.legend(loc="best", fontsize=8)
+    ax.grid(alpha=0.3)
+    return _save(fig, path)
