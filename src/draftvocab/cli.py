@@ -1196,9 +1196,9 @@ def missing_cmd(
     err.print(f"-> {escape(str(out))}/missing.json, missing.md")
 
 
-def _floats(text: str, name: str) -> list[float]:
+def _floats(text: str, name: str, kind=float) -> list:
     try:
-        return [float(x) for x in text.split(",") if x.strip()]
+        return [kind(x) for x in text.split(",") if x.strip()]
     except ValueError:
         raise DraftVocabError(f"{name} takes comma-separated numbers, got {text!r}") from None
 
@@ -1251,7 +1251,7 @@ def stability_cmd(
                                                            vocab, workers=workers)]
     data_sparse = SparseCounts.from_conversations(per_conv)
     del per_conv
-    size_list = [int(x) for x in _floats(sizes, "--sizes")] if sizes else None
+    size_list = _floats(sizes, "--sizes", int) if sizes else None
     with Progress(console=err, transient=True, disable=as_json) as bar:
         task = bar.add_task("subsets", total=len(size_list) if size_list else None)
         result = stability(data_sparse, vocab, flops_breakdown(s.config_path), sizes=size_list,
@@ -1347,13 +1347,6 @@ def report_cmd(
 # --- measured latency and predicted speed --------------------------------------------------------
 
 
-def _ints(text: str, name: str) -> list[int]:
-    try:
-        return [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise DraftVocabError(f"{name} takes comma-separated integers, got {text!r}") from None
-
-
 def _measure(cfg: dict, ks: list[int], width: int, prefix: int, repeats: int, device: str,
              quiet: bool) -> dict:
     from rich.progress import Progress
@@ -1397,7 +1390,7 @@ def latency_cmd(
 
     s = _setup(preset, config, need_tokenizer=False)
     f = flops_breakdown(s.config_path)
-    grid = _ints(ks, "--ks") if ks else default_grid(f.vocab_size)
+    grid = _floats(ks, "--ks", int) if ks else default_grid(f.vocab_size)
     if width < 1 or repeats < 1 or prefix < 0:
         raise DraftVocabError("--width and --repeats must be >= 1, --prefix >= 0")
     result = _measure(s.config, grid, width, prefix, repeats, device, as_json)

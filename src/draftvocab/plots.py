@@ -267,13 +267,17 @@ def plot_latency(ks: np.ndarray, seconds: np.ndarray, r_measured: np.ndarray,
     grid = np.unique(np.geomspace(1, r_flops.size - 1, 400).astype(int))
     ax2.plot(grid, r_flops[grid], label="R(k) from FLOPs (paper)")
     ax2.plot(grid, r_measured[grid], label="R(k) measured")
-    ax2.set_xscale("log")
-    ax2.set_xlabel("draft vocabulary size k")
-    ax2.set_ylabel("latency reduction R(k)")
-    ax2.set_title("FLOPs vs measured latency reduction")
-    ax2.legend(loc="best", fontsize=8)
-    ax2.grid(alpha=0.3)
+    _k_axis(ax2, "latency reduction R(k)", "FLOPs vs measured latency reduction")
     return _save(fig, path)
+
+
+def _k_axis(ax, ylabel: str, title: str) -> None:
+    ax.set_xscale("log")
+    ax.set_xlabel("draft vocabulary size k")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(loc="best", fontsize=8)
+    ax.grid(alpha=0.3)
 
 
 def plot_speed(ks: np.ndarray, tokens_per_s: np.ndarray, k_best: int, path: str | os.PathLike,
@@ -289,10 +293,5 @@ def plot_speed(ks: np.ndarray, tokens_per_s: np.ndarray, k_best: int, path: str 
         ax.errorbar(mk, mv, yerr=me, fmt="o", color="k", capsize=3, label="measured")
     if plain:
         ax.axhline(plain, color="0.5", ls=":", label=f"plain decoding {plain:.1f}")
-    ax.set_xscale("log")
-    ax.set_xlabel("draft vocabulary size k")
-    ax.set_ylabel("tokens/s")
-    ax.set_title("Predicted end-to-end speed")
-    ax.legend(loc="best", fontsize=8)
-    ax.grid(alpha=0.3)
+    _k_axis(ax, "tokens/s", "Predicted end-to-end speed")
     return _save(fig, path)
