@@ -54,7 +54,8 @@ def main() -> None:
     gamma = cal["gamma"]
     ks = np.arange(1, counts.size + 1)
     pred = predict_speed(coverage[1:], model(ks), cal["t_verify_seconds"], cal["alphas"],
-                         float(coverage[cal["draft_vocab_size"]]))
+                         float(coverage[cal["draft_vocab_size"]]),
+                         cal.get("prefill_seconds_per_token", 0.0))
 
     target = load_target(args.target, layers=aux_layers(args.draft))
     variants = {"plain": SpeculativeDecoder(target)}

@@ -29,7 +29,8 @@ def test_latency_model_interpolates_and_flags_tiling():
                                 "vocab_size": 1000})
     assert m(55) == pytest.approx(1.5)  # halfway between k = 10 and 100
     assert m(1000) == pytest.approx(5.0)
-    assert m(5) == pytest.approx(1.0 - 5 / 90)  # linear extrapolation below the grid
+    assert m(5) == pytest.approx(1.0)  # flat below the grid
+    assert m(1100) == pytest.approx(5.0 + 100 * 3.5 / 500)  # linear above it
     r = m.reduction()
     assert r.shape == (1001,) and r[1000] == 0 and r[10] == pytest.approx(0.8)
     # k = 500 is faster than k = 100: a tiling anomaly
@@ -57,6 +58,10 @@ def test_acceptance_and_predicted_speed_by_hand():
     assert pred["tokens_per_s"][0] == pytest.approx(2.2 / 0.07)
     # half coverage: tau = 1 + .4 + .4*.25 = 1.5 over 0.054 s
     assert pred["tokens_per_s"][1] == pytest.approx(1.5 / 0.054)
+    # a prompt forward costing 5 ms per generated token, the same for every k
+    e2e = predict_speed(np.array([1.0]), np.array([0.01]), 0.05, [0.8, 0.5],
+                        prefill_per_token=0.005)
+    assert e2e["tokens_per_s"][0] == pytest.approx(1 / (0.07 / 2.2 + 0.005))
 
 
 def test_measure_latency_on_a_tiny_config():

@@ -414,6 +414,9 @@ def _optimize_speedup(s, c, f, model, latency_json, calibration, k_min, k_max, o
                "predicted_tokens_per_s": float(pred["tokens_per_s"][k_best - 1]),
                "predicted_accept_length": float(pred["tau"][k_best - 1]),
                "predicted_full_vocab_tokens_per_s": float(pred["tokens_per_s"][-1]),
+               "predicted_end_to_end_tokens_per_s": float(
+                   1 / (1 / pred["tokens_per_s"][k_best - 1]
+                        + cal.get("prefill_seconds_per_token", 0.0))),
                "draft_seconds_at_k": float(model(k_best)), "calibration": cal,
                "k_min": k_min, "k_max": k_max,
                "inputs": {"preset": getattr(s.preset, "name", None),
@@ -1418,12 +1421,12 @@ def latency_cmd(
              f"{r_flops[k]:.3f}"] for k, t in zip(result["ks"], result["seconds"])]
     console.print(_md_table(["k", "ms", "R measured", "R FLOPs"], rows), markup=False,
                   highlight=False)
-    err.print(f"fit: {1e3 * fixed:.3f} ms fixed + {1e6 * per_row:.3f} µs per 1,000 rows "
+    err.print(f"fit: {1e3 * fixed:.3f} ms fixed + {1e6 * per_row:.3f} ms per 1,000 rows "
               f"(fixed share at k = V: measured {result['measured_fixed_share']:.0%}, FLOPs "
               f"{result['flops_fixed_share']:.0%}); {len(result['anomalies'])} tiling anomalies")
     if "rounding" in result:
         r = result["rounding"]
-        err.print(f"fastest near {r['k']:,}: {r['fastest']:,} ({r['saving']:+.1%} time)")
+        err.print(f"fastest near {r['k']:,}: {r['fastest']:,} ({r['saving']:.1%} faster)")
     err.print(f"-> {escape(str(out))}/latency.json, latency.png")
 
 
@@ -1456,7 +1459,7 @@ def calibrate_cmd(
     tgt = load_target(target, layers=aux_layers([draft]))
     d = load_draft(draft, tgt)
     dec = SpeculativeDecoder(tgt, d, tree=False, gamma=gamma)
-    lengths, verify, forwards, plain_s, plain_tok = [], 0.0, 0, 0.0, 0
+    lengths, verify, forwards, plain_s, plain_tok, prefill = [], 0.0, 0, 0.0, 0, 0.0
     plain = SpeculativeDecoder(tgt)
     from rich.progress import Progress
 
@@ -1471,10 +1474,11 @@ def calibrate_cmd(
                 continue
             res = dec.generate(ids, max_new_tokens)
             lengths += res.accept_lengths
-            verify += res.target_seconds
-            forwards += res.target_forwards + 1
+            verify += res.target_seconds - res.prefill_seconds
+            forwards += res.target_forwards
             p = plain.generate(ids, max_new_tokens)
             plain_s, plain_tok = plain_s + p.seconds, plain_tok + len(p.tokens)
+            prefill += p.prefill_seconds
             bar.advance(task)
     c = d.config
     if not lengths:
@@ -1483,7 +1487,9 @@ def calibrate_cmd(
               "alphas": acceptance_from_lengths(lengths, gamma),
               "accept_length": float(np.mean(lengths)), "t_verify_seconds": verify / forwards,
               "draft_vocab_size": c.draft_vocab_size, "vocab_size": c.vocab_size,
-              "plain_tokens_per_s": plain_tok / plain_s, "rounds": len(lengths)}
+              "plain_tokens_per_s": plain_tok / plain_s, "rounds": len(lengths),
+              "prefill_seconds_per_token": prefill / plain_tok,
+              "max_new_tokens": max_new_tokens}
     atomic_write(out, json.dumps(result, indent=2) + "\n")
     if as_json:
         _emit_json(result | {"out": str(out)})

@@ -25,7 +25,8 @@ class GenerationResult:
     accept_lengths: list[int] = field(default_factory=list)  # tokens gained per target forward
     target_forwards: int = 0
     draft_seconds: float = 0.0
-    target_seconds: float = 0.0
+    target_seconds: float = 0.0  # prefill included
+    prefill_seconds: float = 0.0
     seconds: float = 0.0
 
     @property
@@ -121,7 +122,8 @@ class SpeculativeDecoder:
         dev = self.target.device
         t0 = time.perf_counter()
         out = self.target.forward(torch.tensor([prompt], device=dev))
-        res.target_seconds += time.perf_counter() - t0
+        res.prefill_seconds = time.perf_counter() - t0
+        res.target_seconds += res.prefill_seconds
         cache = out.past_key_values
         first = self._pick(out.logits[0, -1])
         tokens = [*prompt, first]

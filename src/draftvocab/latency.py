@@ -120,12 +120,11 @@ class LatencyModel:
                    int(data["vocab_size"]))
 
     def __call__(self, k) -> np.ndarray:
-        """T(k), extrapolated linearly beyond the measured ends."""
+        """T(k): flat below the smallest measured k (the fixed costs dominate there; a noisy
+        slope would extrapolate nonsense), linear beyond the largest."""
         k = np.asarray(k, dtype=float)
-        slope_lo = (self.seconds[1] - self.seconds[0]) / max(self.ks[1] - self.ks[0], 1)
         slope_hi = (self.seconds[-1] - self.seconds[-2]) / max(self.ks[-1] - self.ks[-2], 1)
-        t = np.interp(k, self.ks, self.seconds)
-        t = np.where(k < self.ks[0], self.seconds[0] + slope_lo * (k - self.ks[0]), t)
+        t = np.interp(k, self.ks, self.seconds)  # constant below ks[0]
         t = np.where(k > self.ks[-1], self.seconds[-1] + slope_hi * (k - self.ks[-1]), t)
         return np.maximum(t, 1e-9)
 
@@ -178,10 +177,12 @@ def acceptance_from_lengths(accept_lengths: Sequence[int], gamma: int) -> list[f
 
 
 def predict_speed(coverage: np.ndarray, t_draft: np.ndarray, t_verify: float,
-                  alphas: Sequence[float], calibration_coverage: float = 1.0) -> dict:
+                  alphas: Sequence[float], calibration_coverage: float = 1.0,
+                  prefill_per_token: float = 0.0) -> dict:
     """Predicted tokens/s and accept length for every k: E[τ(k)] / (T_verify + γ·T_draft(k)),
     with per-position acceptance α_j · C(k) / C_cal (C_cal: the calibrating draft's coverage).
-    `coverage` and `t_draft` are arrays over the same k."""
+    `prefill_per_token` (the prompt's forward, shared by every k) turns decode speed into the
+    end-to-end speed a benchmark measures. `coverage`, `t_draft`: arrays over the same k."""
     gamma = len(alphas)
     scale = np.clip(np.asarray(coverage, dtype=float) / calibration_coverage, 0.0, 1.0)
     tau = np.ones_like(scale)
@@ -190,4 +191,4 @@ def predict_speed(coverage: np.ndarray, t_draft: np.ndarray, t_verify: float,
         run = run * a * scale
         tau = tau + run
     seconds = t_verify + gamma * np.asarray(t_draft, dtype=float)
-    return {"tau": tau, "tokens_per_s": tau / seconds}
+    return {"tau": tau, "tokens_per_s": 1.0 / (seconds / tau + prefill_per_token)}
