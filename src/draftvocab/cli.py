@@ -27,7 +27,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode="rich",
     help="Choose draft vocabularies for speculative decoding (EAGLE-3): count assistant tokens, "
-    "model draft FLOPs, optimise k, write SpecForge/SGLang mappings.\n\n"
+    "model draft FLOPs or measure latency, optimise k, analyse coverage; train, decode and "
+    "benchmark drafts; export to SpecForge, SGLang and vLLM.\n\n"
     "Run [bold]draftvocab optimize[/bold] with no arguments for the paper's setting "
     "(Llama-3.1-8B, ShareGPT), all offline.",
 )
