@@ -15,12 +15,10 @@ identical to plain decoding. Writes report.md, report.json and throughput.png to
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
-from draftvocab.atomic import atomic_directory
-from draftvocab.bench import bar_chart, load_questions, markdown, run_benchmark
+from draftvocab.bench import load_questions, markdown, run_benchmark, write_report
 from draftvocab.decode import SpeculativeDecoder
 from draftvocab.draft import aux_layers, load_draft
 from draftvocab.target import load_target
@@ -56,10 +54,7 @@ def main() -> None:
     report = run_benchmark(target, variants, questions, max_new_tokens=args.max_new_tokens,
                            runs=args.runs)
     report["wall_seconds"] = time.perf_counter() - t0
-    with atomic_directory(args.out) as tmp:
-        (tmp / "report.md").write_text(markdown(report))
-        (tmp / "report.json").write_text(json.dumps(report, indent=2))
-        bar_chart(report, tmp / "throughput.png")
+    write_report(report, args.out)
     print(markdown(report))
     print(f"report -> {args.out}")
 

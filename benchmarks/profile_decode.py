@@ -91,13 +91,10 @@ def main() -> None:
 
     drafts = [item.partition("=")[2] for item in args.draft]
     target = load_target(args.target, layers=aux_layers(drafts))
-    tok = target.tokenizer
     qs = load_questions(per_category=max(1, args.prompts // 6), turns=1)[: args.prompts]
     prompts = []
     for q in qs:
-        ids = tok.apply_chat_template([{"role": "user", "content": q.turns[0]}],
-                                      add_generation_prompt=True, tokenize=True)
-        prompts.append(list(ids["input_ids"] if hasattr(ids, "keys") else ids))
+        prompts.append(target.prompt_ids([{"role": "user", "content": q.turns[0]}]))
     prompts = [p for p in prompts if len(p) + args.max_new_tokens <= target.max_length]
     variants = {"plain": SpeculativeDecoder(target)}
     for item in args.draft:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import math
+import statistics
 
 import pytest
 import torch
@@ -132,3 +134,11 @@ def test_cli_bad_input_is_one_error_line(saved, tmp_path, args, words):
     assert result.exception is None or isinstance(result.exception, SystemExit)
     lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("error:") and words in lines[0], lines
+
+
+def test_confidence_interval_uses_student_t_for_any_run_count():
+    for n, t in [(2, 12.706), (11, 2.228), (12, 2.201), (21, 2.086), (31, 2.042)]:
+        values = [float(i % 2) for i in range(n)]
+        _, half = mean_ci(values)
+        sd = statistics.stdev(values)
+        assert half == pytest.approx(t * sd / math.sqrt(n), rel=2e-3), n

@@ -183,3 +183,17 @@ def test_bad_inputs_are_clear_errors(target):
                              eos_token_id=None, bos_token_id=None)
     with pytest.raises(DraftVocabError, match="does not fit the target"):
         SpeculativeDecoder(other, _draft(target))
+
+
+def test_sliding_window_targets_are_refused():
+    """Rejected tree rows are cut from the KV cache by position: only full-attention layers."""
+    from transformers import MistralConfig, MistralForCausalLM
+
+    from draftvocab.target import Target
+
+    tok = make_tiny_target().tokenizer
+    model = MistralForCausalLM(MistralConfig(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, vocab_size=len(tok), sliding_window=16))
+    with pytest.raises(DraftVocabError, match="full-attention KV caches"):
+        SpeculativeDecoder(Target(model, tok))

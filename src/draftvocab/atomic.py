@@ -65,12 +65,13 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
     os.chmod(tmp, 0o777 & ~_umask())
     try:
         yield tmp
+        mode = 0o666 & ~_umask()
+        for f in tmp.rglob("*"):  # writers such as safetensors create 0600 files
+            if f.is_file() and not f.is_symlink():
+                os.chmod(f, mode)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    for f in tmp.rglob("*"):  # writers such as safetensors create 0600 files
-        if f.is_file() and not f.is_symlink():
-            os.chmod(f, 0o666 & ~_umask())
     old = None
     if path.exists():
         old = path.parent / f".{path.name}.old.{os.getpid()}"

@@ -72,12 +72,22 @@ def load_questions(path: str | Path | None = None, *, per_category: int | None =
     return out
 
 
+def _t95(df: int) -> float:
+    """Two-sided 95 % Student t quantile: the table up to 10 degrees of freedom, then the
+    Cornish-Fisher expansion around z (error < 1e-3 from df = 11 on)."""
+    if df in _T95:
+        return _T95[df]
+    z = 1.959964
+    return (z + (z**3 + z) / (4 * df) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * df**2)
+            + (3 * z**7 + 19 * z**5 + 17 * z**3 - 15 * z) / (384 * df**3))
+
+
 def mean_ci(values: list[float]) -> tuple[float, float]:
     """Mean and the half-width of its 95 % confidence interval (0 for a single run)."""
     m = statistics.fmean(values)
     if len(values) < 2:
         return m, 0.0
-    t = _T95.get(len(values) - 1, 1.96)
+    t = _t95(len(values) - 1)
     return m, t * statistics.stdev(values) / math.sqrt(len(values))
 
 
@@ -101,10 +111,7 @@ def run_benchmark(target, variants: dict[str, Any], questions: list[Question], *
             messages: list[dict[str, str]] = []
             for turn, text in enumerate(q.turns):
                 messages.append({"role": "user", "content": text})
-                prompt = tok.apply_chat_template(messages, add_generation_prompt=True,
-                                                 tokenize=True)
-                if isinstance(prompt, dict) or hasattr(prompt, "keys"):
-                    prompt = prompt["input_ids"]
+                prompt = target.prompt_ids(messages)
                 if len(prompt) + max_new_tokens > target.max_length:
                     skipped += 1  # counted and reported; the rest of the dialogue goes too
                     break
@@ -191,31 +198,13 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def bar_chart(report: dict[str, Any], path: str | Path) -> Path:
-    import matplotlib
+def write_report(report: dict[str, Any], out: str | Path) -> Path:
+    """report.md, report.json and throughput.png into `out`, replaced whole."""
+    from draftvocab.atomic import atomic_directory
+    from draftvocab.plots import plot_throughput
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from draftvocab.atomic import atomic_write
-
-    names = report["variants"]
-    cats = list(report["table"])
-    fig, ax = plt.subplots(figsize=(max(6, 1.3 * len(cats) * len(names) / 2), 4), dpi=150)
-    width = 0.8 / len(names)
-    for j, name in enumerate(names):
-        means = [report["table"][c][name]["tokens_per_s"][0] for c in cats]
-        errs = [report["table"][c][name]["tokens_per_s"][1] for c in cats]
-        xs = [i + (j - (len(names) - 1) / 2) * width for i in range(len(cats))]
-        ax.bar(xs, means, width, yerr=errs, capsize=2, label=name)
-    ax.set_xticks(range(len(cats)), cats, rotation=20)
-    ax.set_ylabel("output tokens/s")
-    ax.set_title("Spec-Bench decoding throughput (mean ± 95 % CI)")
-    ax.legend()
-    fig.tight_layout()
-    import io
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    return atomic_write(path, buf.getvalue())
+    with atomic_directory(out) as tmp:
+        (tmp / "report.md").write_text(markdown(report))
+        (tmp / "report.json").write_text(json.dumps(report, indent=2))
+        plot_throughput(report, tmp / "throughput.png")
+    return Path(out)

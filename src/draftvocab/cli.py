@@ -7,8 +7,10 @@ exit code 1; nothing here does real work of its own.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import wraps
 from pathlib import Path
@@ -127,19 +129,21 @@ def _setup(preset: str | None, config: Path | None, tokenizer: Path | None = Non
 # --- counting ----------------------------------------------------------------------------------
 
 
-class _CountProgress:
-    """rich progress line: conversations, conversations/s, supervised tokens/s."""
+class _Rates:
+    """rich progress line: conversations done, and rates computed from the running totals
+    of conversations and tokens that the worker reports."""
 
-    def __init__(self, total: int | None):
+    def __init__(self, label: str, total: int | None, rate: Callable[[int, int, float], str]):
         from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
         self.progress = Progress(
-            TextColumn("[bold]counting[/bold]"), BarColumn(),
+            TextColumn(f"[bold]{label}[/bold]"), BarColumn(),
             TextColumn("{task.completed:,.0f} conv"),
             TextColumn("[cyan]{task.fields[rate]}"), TimeElapsedColumn(),
             console=err, transient=True,
         )
-        self.task = self.progress.add_task("count", total=total, rate="")
+        self.task = self.progress.add_task(label, total=total, rate="")
+        self.rate = rate
         self.start = time.perf_counter()
         self.convs = 0
         self.tokens = 0
@@ -148,8 +152,7 @@ class _CountProgress:
         self.convs += convs
         self.tokens += tokens
         dt = max(time.perf_counter() - self.start, 1e-9)
-        rate = f"{self.convs / dt:,.0f} conv/s  {self.tokens / dt / 1e3:,.0f}k supervised tok/s"
-        self.progress.update(self.task, advance=convs, rate=rate)
+        self.progress.update(self.task, advance=convs, rate=self.rate(self.convs, self.tokens, dt))
 
     def __enter__(self):
         self.progress.__enter__()
@@ -157,6 +160,15 @@ class _CountProgress:
 
     def __exit__(self, *exc):
         self.progress.__exit__(*exc)
+
+
+def _counting_rate(convs: int, tokens: int, dt: float) -> str:
+    return f"{convs / dt:,.0f} conv/s  {tokens / dt / 1e3:,.0f}k supervised tok/s"
+
+
+def _progress(label: str, total: int | None, quiet: bool, rate=_counting_rate):
+    """A `_Rates` bar, or (quiet, e.g. --json) a context that yields None."""
+    return contextlib.nullcontext() if quiet else _Rates(label, total, rate)
 
 
 def _count(s: _Setup, *, max_samples: int | None, seed: int, columns: str | None,
@@ -177,15 +189,9 @@ def _count(s: _Setup, *, max_samples: int | None, seed: int, columns: str | None
             skip_bad_lines=skip_bad_lines or s.skip_bad_lines,
             max_samples=max_samples, seed=seed,
         )
-        bar = _CountProgress(max_samples) if not quiet else None
-        try:
-            if bar:
-                bar.__enter__()
+        with _progress("counting", max_samples, quiet) as bar:
             parts.append(count_tokens(reader, spans, vocab, workers=workers, progress=bar,
                                       dataset_fingerprint=reader.fingerprint()))
-        finally:
-            if bar:
-                bar.__exit__(None, None, None)
     return parts[0] if len(parts) == 1 else merge_counts(parts)
 
 
@@ -611,36 +617,6 @@ def mapping(
 # --- regenerate --------------------------------------------------------------------------------
 
 
-class _RegenerateProgress:
-    """rich progress line: conversations done, generated tokens/s."""
-
-    def __init__(self, total: int | None):
-        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
-        self.progress = Progress(
-            TextColumn("[bold]regenerating[/bold]"), BarColumn(),
-            TextColumn("{task.completed:,.0f} conv"),
-            TextColumn("[cyan]{task.fields[rate]}"), TimeElapsedColumn(),
-            console=err, transient=True,
-        )
-        self.task = self.progress.add_task("regenerate", total=total, rate="")
-        self.start = time.perf_counter()
-        self.tokens = 0
-
-    def __call__(self, convs: int, tokens: int) -> None:
-        self.tokens += tokens
-        dt = max(time.perf_counter() - self.start, 1e-9)
-        self.progress.update(self.task, advance=convs,
-                             rate=f"{self.tokens:,} tok  {self.tokens / dt:,.1f} tok/s")
-
-    def __enter__(self):
-        self.progress.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        self.progress.__exit__(*exc)
-
-
 @app.command("regenerate", epilog="Examples:\n\n"
              "  draftvocab regenerate -o regen.jsonl --max-samples 1000   "
              "# SmolLM2-135M on ShareGPT\n\n"
@@ -679,8 +655,6 @@ def regenerate_cmd(
     as_json: JsonOpt = False,
 ) -> None:
     """Rewrite a dataset's assistant turns with the target model's own replies -> JSONL."""
-    import contextlib
-
     from draftvocab.conversations import ColumnMap, parse_role_map, read_conversations
     from draftvocab.presets import PRESETS, get_preset
     from draftvocab.regenerate import check_options, finished_ids, regenerate
@@ -698,9 +672,9 @@ def regenerate_cmd(
         max_samples=max_samples, seed=seed,
     )
     model = load_target(target)
-    bar = _RegenerateProgress(max_samples) if not as_json else None
     try:
-        with bar if bar is not None else contextlib.nullcontext():
+        with _progress("regenerating", max_samples, as_json, rate=lambda c, t, dt:
+                       f"{t:,} tok  {t / dt:,.1f} tok/s") as bar:
             stats = regenerate(
                 reader, model, out, batch_size=batch_size, max_new_tokens=max_new_tokens,
                 temperature=temperature, top_p=top_p, seed=seed, turns=turns,
@@ -802,8 +776,6 @@ def train_cmd(
     as_json: JsonOpt = False,
 ) -> None:
     """Train an EAGLE-3 draft (training-time test) on the target's hidden states."""
-    import contextlib
-
     from draftvocab.conversations import read_conversations
     from draftvocab.presets import PRESETS, get_preset
     from draftvocab.target import DEFAULT_TARGET, load_target
@@ -820,9 +792,10 @@ def train_cmd(
         data if data is not None else preset.dataset_path(),
         skip_bad_lines=skip_bad_lines or (data is None and preset.skip_bad_lines),
         max_samples=max_samples, seed=seed)
+    vocab_mapping = None
     if mapping is not None:
         from draftvocab.mapping import load_mapping
-        load_mapping(mapping)  # a bad file fails before the target loads
+        vocab_mapping = load_mapping(mapping)  # a bad file fails before the target loads
     from transformers.utils import logging as hf_logging
 
     bar_was_on = hf_logging.is_progress_bar_enabled()
@@ -834,7 +807,7 @@ def train_cmd(
             hf_logging.enable_progress_bar()
     d2t = t2d = None
     if mapping is not None:
-        d2t, t2d = mapping_tensors(mapping, model.vocab_size)
+        d2t, t2d = mapping_tensors(vocab_mapping, model.vocab_size)
     examples, skipped = encode_conversations(
         reader, model.tokenizer, max_len,
         template_kwargs=preset.template_kwargs if target in PRESETS else None)
@@ -906,10 +879,7 @@ def generate(
         raise DraftVocabError("--max-new-tokens must be at least 1")
     tgt = load_target(target, layers=aux_layers([draft] if draft else []))
     dec = _decoder(tgt, draft, tree, depth, topk, total_tokens, gamma)
-    ids = tgt.tokenizer.apply_chat_template([{"role": "user", "content": prompt}],
-                                            add_generation_prompt=True, tokenize=True)
-    if hasattr(ids, "keys"):
-        ids = ids["input_ids"]
+    ids = tgt.prompt_ids([{"role": "user", "content": prompt}])
     res = dec.generate(ids, max_new_tokens, temperature=temperature, top_p=top_p, seed=seed)
     text = tgt.tokenizer.decode(res.tokens, skip_special_tokens=True)
     summary = {"text": text, "tokens": len(res.tokens), "seconds": res.seconds,
@@ -957,8 +927,7 @@ def bench(
     """Spec-Bench throughput: plain vs speculative decoding, interleaved, mean ± 95 % CI."""
     from rich.progress import Progress
 
-    from draftvocab.atomic import atomic_directory
-    from draftvocab.bench import bar_chart, load_questions, markdown, run_benchmark
+    from draftvocab.bench import load_questions, markdown, run_benchmark, write_report
     from draftvocab.decode import SpeculativeDecoder
     from draftvocab.draft import aux_layers
     from draftvocab.target import load_target
@@ -981,10 +950,7 @@ def bench(
         task = bar.add_task("benchmark", total=total)
         report = run_benchmark(tgt, variants, qs, max_new_tokens=max_new_tokens, runs=runs,
                                progress=lambda n: bar.advance(task, n))
-    with atomic_directory(out) as tmp:
-        (tmp / "report.md").write_text(markdown(report))
-        (tmp / "report.json").write_text(json.dumps(report, indent=2))
-        bar_chart(report, tmp / "throughput.png")
+    write_report(report, out)
     if as_json:
         _emit_json({k: v for k, v in report.items() if k != "rows"} | {"out": str(out)})
         return
@@ -1066,7 +1032,7 @@ def _eval_counts(v: _Vocab, data: list[str], group_by: str | None, preset: str |
     for source in s.data:
         reader = read_conversations(source, columns=ColumnMap(group=group_by) if group_by else None,
                                     skip_bad_lines=s.skip_bad_lines)
-        with _CountProgress(None) if not quiet else _Null() as bar:
+        with _progress("counting", None, quiet) as bar:
             found = count_by_group(
                 _Progressing(reader, bar), spans, vocab, workers=workers)
         for name, c in found.items():
@@ -1075,16 +1041,8 @@ def _eval_counts(v: _Vocab, data: list[str], group_by: str | None, preset: str |
     return groups, s.tokenizer
 
 
-class _Null:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
-
-
 class _Progressing:
-    """Iterate conversations, advancing a _CountProgress bar (if any) by one per record."""
+    """Iterate conversations, advancing a `_Rates` bar (if any) by one per record."""
 
     def __init__(self, it, bar):
         self.it, self.bar = it, bar
@@ -1250,7 +1208,7 @@ def stability_cmd(
     for source in s.data:
         reader = read_conversations(source, skip_bad_lines=skip_bad_lines or s.skip_bad_lines,
                                     max_samples=max_samples, seed=seed)
-        with _CountProgress(max_samples) if not as_json else _Null() as bar:
+        with _progress("counting", max_samples, as_json) as bar:
             per_conv += [ids for _, ids in iter_supervised(_Progressing(reader, bar), spans,
                                                            vocab, workers=workers)]
     data_sparse = SparseCounts.from_conversations(per_conv)
@@ -1468,9 +1426,7 @@ def calibrate_cmd(
     with Progress(console=err, transient=True, disable=as_json) as bar:
         task = bar.add_task("calibrating", total=len(qs))
         for q in qs:
-            ids = tgt.tokenizer.apply_chat_template([{"role": "user", "content": q.turns[0]}],
-                                                    add_generation_prompt=True, tokenize=True)
-            ids = list(ids["input_ids"] if hasattr(ids, "keys") else ids)
+            ids = tgt.prompt_ids([{"role": "user", "content": q.turns[0]}])
             if len(ids) + max_new_tokens > tgt.max_length:
                 continue
             res = dec.generate(ids, max_new_tokens)

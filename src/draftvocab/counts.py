@@ -114,10 +114,13 @@ def merge_counts(parts: Iterable[TokenCounts]) -> TokenCounts:
 @dataclass
 class _BatchResult:
     ids: np.ndarray  # supervised token ids of the batch
-    conversations: int
     skipped: Counter
     used: list[int] = field(default_factory=list)  # batch index of each counted conversation
     sizes: list[int] = field(default_factory=list)  # its number of supervised tokens
+
+    @property
+    def conversations(self) -> int:
+        return len(self.used)
 
 
 _WORKER_SPANS: ChatSpans | None = None
@@ -147,7 +150,7 @@ def _count_batch(batch: list[list[dict[str, str]]], spans: ChatSpans | None = No
         for rng in spans.token_ranges(enc, w, ids):
             supervised.extend(ids[rng.start:rng.stop])
             sizes[o] += len(rng)
-    return _BatchResult(np.array(supervised, dtype=np.int64), len(used), skipped, used, sizes)
+    return _BatchResult(np.array(supervised, dtype=np.int64), skipped, used, sizes)
 
 
 def _init_worker(spans: ChatSpans) -> None:
@@ -157,9 +160,12 @@ def _init_worker(spans: ChatSpans) -> None:
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
 
 
-def _batches(conversations: Iterable, size: int) -> Iterator[list[list[dict[str, str]]]]:
-    for batch in _raw_batches(conversations, size):
-        yield [getattr(c, "messages", c) for c in batch]
+def check_ids(ids: np.ndarray, vocab_size: int) -> None:
+    """Every counted id must index the target's V: else tokenizer and config do not match."""
+    if ids.size and int(ids.max()) >= vocab_size:
+        raise DraftVocabError(
+            f"token id {int(ids.max())} >= vocab_size {vocab_size} of the target config: "
+            "tokenizer and config do not belong together")
 
 
 def _raw_batches(conversations: Iterable, size: int) -> Iterator[list]:
@@ -168,29 +174,16 @@ def _raw_batches(conversations: Iterable, size: int) -> Iterator[list]:
         yield batch
 
 
-def iter_supervised(conversations: Iterable, spans: ChatSpans, vocab_size: int, *,
-                    batch_size: int = 64, workers: int | None = None,
-                    skipped: Counter | None = None) -> Iterator[tuple[Any, np.ndarray]]:
-    """(conversation, its supervised token ids) for every usable conversation, tokenised by
-    `workers` processes like `count_tokens`; in completion order, not input order. For
-    analyses that need counts per conversation or per group (`Conversation.group`)."""
+def _counted(conversations: Iterable, spans: ChatSpans, batch_size: int,
+             workers: int | None) -> Iterator[tuple[list, _BatchResult]]:
+    """(batch, its _BatchResult) for every batch, rendered and tokenised by `workers` processes
+    (default: all cores), at most two batches per worker in flight so memory stays flat;
+    in completion order (everything downstream sums)."""
     workers = workers or os.cpu_count() or 1
-    skipped = Counter() if skipped is None else skipped
-
-    def split(batch, res: _BatchResult):
-        if res.ids.size and int(res.ids.max()) >= vocab_size:
-            raise DraftVocabError(
-                f"token id {int(res.ids.max())} >= vocab_size {vocab_size} of the target config: "
-                "tokenizer and config do not belong together")
-        skipped.update(res.skipped)
-        parts = np.split(res.ids, np.cumsum(res.sizes)[:-1]) if res.used else []
-        for i, ids in zip(res.used, parts):
-            yield batch[i], ids
-
     batches = _raw_batches(conversations, batch_size)
     if workers == 1:
         for batch in batches:
-            yield from split(batch, _count_batch([getattr(c, "messages", c) for c in batch], spans))
+            yield batch, _count_batch([getattr(c, "messages", c) for c in batch], spans)
         return
     ctx = multiprocessing.get_context("fork")
     with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
@@ -201,9 +194,24 @@ def iter_supervised(conversations: Iterable, spans: ChatSpans, vocab_size: int, 
             if len(pending) >= 2 * workers:
                 done, _ = wait(pending, return_when=FIRST_COMPLETED)
                 for fut in done:
-                    yield from split(pending.pop(fut), fut.result())
+                    yield pending.pop(fut), fut.result()
         for fut in as_completed(list(pending)):
-            yield from split(pending.pop(fut), fut.result())
+            yield pending.pop(fut), fut.result()
+
+
+def iter_supervised(conversations: Iterable, spans: ChatSpans, vocab_size: int, *,
+                    batch_size: int = 64, workers: int | None = None,
+                    skipped: Counter | None = None) -> Iterator[tuple[Any, np.ndarray]]:
+    """(conversation, its supervised token ids) for every usable conversation, tokenised by
+    `workers` processes like `count_tokens`; in completion order, not input order. For
+    analyses that need counts per conversation or per group (`Conversation.group`)."""
+    skipped = Counter() if skipped is None else skipped
+    for batch, res in _counted(conversations, spans, batch_size, workers):
+        check_ids(res.ids, vocab_size)
+        skipped.update(res.skipped)
+        parts = np.split(res.ids, np.cumsum(res.sizes)[:-1]) if res.used else []
+        for i, ids in zip(res.used, parts):
+            yield batch[i], ids
 
 
 def count_by_group(conversations: Iterable, spans: ChatSpans, vocab_size: int,
@@ -214,7 +222,7 @@ def count_by_group(conversations: Iterable, spans: ChatSpans, vocab_size: int,
         key = getattr(conv, "group", None) or "all"
         if key not in out:
             out[key] = np.zeros(vocab_size, dtype=np.int64)
-        out[key] += np.bincount(ids, minlength=vocab_size)
+        np.add.at(out[key], ids, 1)
     if not out:
         raise DraftVocabError("no usable conversations to count")
     return out
@@ -239,48 +247,29 @@ def count_tokens(
 
     >>> counts = count_tokens(read_conversations("chats.jsonl"), ChatSpans(tok), 128_256)
     """
-    workers = workers or os.cpu_count() or 1
     counts = np.zeros(vocab_size, dtype=np.int64)
     skipped: Counter[str] = Counter()
-    totals = {"conversations": 0, "supervised_tokens": 0}
-
-    def absorb(res: _BatchResult) -> None:
+    conversations_counted = 0
+    for _, res in _counted(conversations, spans, batch_size, workers):
         if res.ids.size:
-            top = int(res.ids.max())
-            if top >= vocab_size:
-                raise DraftVocabError(
-                    f"token id {top} >= vocab_size {vocab_size} of the target config: "
-                    "tokenizer and config do not belong together"
-                )
-            counts[:] += np.bincount(res.ids, minlength=vocab_size)
+            check_ids(res.ids, vocab_size)
+            counts += np.bincount(res.ids, minlength=vocab_size)
         skipped.update(res.skipped)
-        totals["conversations"] += res.conversations
-        totals["supervised_tokens"] += res.ids.size
+        conversations_counted += res.conversations
         if progress:
             progress(res.conversations + sum(res.skipped.values()), res.ids.size)
 
-    batches = _batches(conversations, batch_size)
-    if workers == 1:
-        for batch in batches:
-            absorb(_count_batch(batch, spans))
-    else:
-        ctx = multiprocessing.get_context("fork")
-        with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
-                                 initargs=(spans,)) as pool:
-            # Sums commute, so batches are absorbed as they finish, not in order.
-            pending: set[Future] = set()
-            for batch in batches:
-                pending.add(pool.submit(_count_batch, batch))
-                if len(pending) >= 2 * workers:
-                    done, pending = wait(pending, return_when=FIRST_COMPLETED)
-                    for fut in done:
-                        absorb(fut.result())
-            for fut in as_completed(pending):
-                absorb(fut.result())
-
     reader_stats = getattr(getattr(conversations, "stats", None), "skipped", None) or {}
     skipped.update(reader_stats)
-    if totals["conversations"] == 0:
+    return finish_counts(counts, spans, conversations_counted, skipped,
+                         [dataset_fingerprint] if dataset_fingerprint else [])
+
+
+def finish_counts(counts: np.ndarray, spans: ChatSpans, conversations: int, skipped: Counter,
+                  datasets: list[dict[str, Any]]) -> TokenCounts:
+    """The counts artefact with its metadata (tokenizer and template identity, inputs, skips),
+    whichever engine counted."""
+    if conversations == 0:
         reasons = ", ".join(f"{k}={v}" for k, v in sorted(skipped.items())) or "no records"
         raise DraftVocabError(f"no usable conversations to count ({reasons})")
     tok = spans.tokenizer
@@ -289,8 +278,8 @@ def count_tokens(
         "chat_template": {"sha256": sha256_text(tok.chat_template)},
         "template_kwargs": spans.template_kwargs,
         "include_eot": spans.include_eot,
-        "datasets": [dataset_fingerprint] if dataset_fingerprint else [],
-        "conversations": totals["conversations"],
+        "datasets": datasets,
+        "conversations": conversations,
         "supervised_tokens": int(counts.sum()),
         "skipped": dict(sorted(skipped.items())),
         "draftvocab_version": __version__,

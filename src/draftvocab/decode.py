@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from draftvocab.draft import check_fits
 from draftvocab.errors import DraftVocabError
 
 
@@ -83,20 +84,20 @@ class SpeculativeDecoder:
     def __init__(self, target, draft=None, *, tree: bool = True, depth: int = 6,
                  topk: int = 8, total_tokens: int = 32, gamma: int = 5):
         if draft is not None:
-            c = draft.config
-            if c.target_hidden_size != target.hidden_size or c.vocab_size != target.vocab_size:
-                raise DraftVocabError(
-                    f"draft (target hidden {c.target_hidden_size}, V {c.vocab_size}) does not "
-                    f"fit the target (hidden {target.hidden_size}, V {target.vocab_size})")
+            check_fits(draft.config, target)
+            k = draft.config.draft_vocab_size
+            self._draft_ids = draft.to_target_ids(torch.arange(k, device=draft.d2t.device))
         if min(depth, topk, total_tokens, gamma) < 1:
             raise DraftVocabError("depth, topk, total_tokens and gamma must be >= 1")
+        # Rejected rows are cut out of the cache by position (_keep_cache): full attention only.
+        kinds = {type(layer).__name__ for layer in target.new_cache().layers}
+        if kinds - {"DynamicLayer"}:
+            raise DraftVocabError(f"speculative decoding here needs full-attention KV caches; "
+                                  f"this target uses {sorted(kinds)}")
         self.target, self.draft = target, draft
         self.tree, self.depth, self.topk = tree, depth, topk
         self.total_tokens, self.gamma = total_tokens, gamma
-        self.eos = set()
-        eos = getattr(target.config, "eos_token_id", None)
-        if eos is not None:
-            self.eos = set(eos if isinstance(eos, list) else [eos])
+        self.eos = set(target.stop_ids)
 
     # -- public -----------------------------------------------------------------------------
 
@@ -122,10 +123,10 @@ class SpeculativeDecoder:
         dev = self.target.device
         t0 = time.perf_counter()
         out = self.target.forward(torch.tensor([prompt], device=dev))
+        first = self._pick(out.logits[0, -1])  # int(): waits for the device, so timed right
         res.prefill_seconds = time.perf_counter() - t0
         res.target_seconds += res.prefill_seconds
         cache = out.past_key_values
-        first = self._pick(out.logits[0, -1])
         tokens = [*prompt, first]
         res.tokens.append(first)
         # Draft state: real-feature pairs not yet in its cache start at `pending_from`.
@@ -138,9 +139,9 @@ class SpeculativeDecoder:
             if self.draft is None:
                 t0 = time.perf_counter()
                 out = self.target.forward(torch.tensor([[tokens[-1]]], device=dev), past=cache)
+                new = [self._pick(out.logits[0, -1])]
                 res.target_seconds += time.perf_counter() - t0
                 cache = out.past_key_values
-                new = [self._pick(out.logits[0, -1])]
             else:
                 t0 = time.perf_counter()
                 dk, dv, h_last, logits_last = self._catch_up(
@@ -189,10 +190,7 @@ class SpeculativeDecoder:
         d = self.draft
         dev = self.target.device
         m = feats.shape[0]
-        n_prev = 0 if dk is None else dk.shape[2]
-        if n_prev > pending_from:  # drop what the last round drafted beyond the prefix
-            dk, dv = dk[:, :, :pending_from], dv[:, :, :pending_from]
-            n_prev = pending_from
+        n_prev = 0 if dk is None else dk.shape[2]  # == pending_from: drafting never extends dk
         ids = torch.tensor([tokens[pending_from + 1: pending_from + 1 + m]], device=dev)
         pos = torch.arange(pending_from, pending_from + m, device=dev)[None]
         mask = torch.ones(m, n_prev + m, dtype=torch.bool, device=dev)
@@ -293,8 +291,7 @@ class SpeculativeDecoder:
         out = []
         for i in chosen:
             p = par[i]
-            while p >= 0 and p not in index:  # defensive: equal scores across depths
-                p = par[p]
+            assert p < 0 or p in index, "a chosen node's parent was not chosen"
             out.append(_Node(tok[i], index[p] if p >= 0 else -1, dep[i]))
         return out
 
@@ -400,7 +397,7 @@ class SpeculativeDecoder:
                 q = in_target.get(id(q_draft))
                 if q is None:
                     q = torch.zeros_like(p)
-                    q[self.draft.to_target_ids(torch.arange(q_draft.shape[0], device=dev))] = q_draft
+                    q[self._draft_ids] = q_draft
                     in_target[id(q_draft)] = q
                 tok = nodes[c].token
                 if float(torch.rand(1, generator=gen)) < min(1.0, float(p[tok] / q[tok])):

@@ -51,22 +51,34 @@ class DraftConfig:
 
     @classmethod
     def for_target(cls, target, draft_vocab_size: int | None = None) -> DraftConfig:
-        """Same widths as the target (as SpecForge's EAGLE-3 configs), k = draft_vocab_size."""
-        c = target.config
-        heads = int(c.num_attention_heads)
-        rope = getattr(c, "rope_parameters", None) or {}
+        """Same widths as the loaded target (as SpecForge's EAGLE-3 configs), k rows."""
+        return cls.from_target_config(target.config.to_dict(), draft_vocab_size,
+                                      tuple(target.layers))
+
+    @classmethod
+    def from_target_config(cls, cfg: dict[str, Any], draft_vocab_size: int | None = None,
+                           target_layers: tuple[int, ...] | None = None) -> DraftConfig:
+        """The same from a target's HF config dict (no weights needed); default layers are
+        EAGLE-3's low/middle/high for its depth."""
+        from draftvocab.assets import config_vocab_size
+        from draftvocab.target import eagle3_layers
+
+        if "hidden_size" not in cfg and isinstance(cfg.get("text_config"), dict):
+            cfg = cfg["text_config"]
+        heads = int(cfg["num_attention_heads"])
+        rope = cfg.get("rope_parameters") or {}
+        vocab = config_vocab_size(cfg)
         return cls(
-            hidden_size=int(c.hidden_size), intermediate_size=int(c.intermediate_size),
+            hidden_size=int(cfg["hidden_size"]), intermediate_size=int(cfg["intermediate_size"]),
             num_attention_heads=heads,
-            num_key_value_heads=int(getattr(c, "num_key_value_heads", None) or heads),
-            head_dim=int(getattr(c, "head_dim", None) or c.hidden_size // heads),
-            vocab_size=target.vocab_size,
-            draft_vocab_size=int(draft_vocab_size or target.vocab_size),
-            target_hidden_size=target.hidden_size,
-            rms_norm_eps=float(getattr(c, "rms_norm_eps", 1e-5)),
-            rope_theta=float(rope.get("rope_theta", getattr(c, "rope_theta", 10000.0))),
-            max_position_embeddings=int(getattr(c, "max_position_embeddings", 8192)),
-            target_layers=tuple(target.layers),
+            num_key_value_heads=int(cfg.get("num_key_value_heads") or heads),
+            head_dim=int(cfg.get("head_dim") or int(cfg["hidden_size"]) // heads),
+            vocab_size=vocab, draft_vocab_size=int(draft_vocab_size or vocab),
+            target_hidden_size=int(cfg["hidden_size"]),
+            rms_norm_eps=float(cfg.get("rms_norm_eps", 1e-5)),
+            rope_theta=float(rope.get("rope_theta", cfg.get("rope_theta", 10000.0))),
+            max_position_embeddings=int(cfg.get("max_position_embeddings", 8192)),
+            target_layers=tuple(target_layers or eagle3_layers(int(cfg["num_hidden_layers"]))),
         )
 
     def to_hf(self) -> dict[str, Any]:
@@ -108,14 +120,18 @@ class RMSNorm(nn.Module):
         return self.weight * x.to(dtype)
 
 
-def _rope(x: torch.Tensor, positions: torch.Tensor, theta: float) -> torch.Tensor:
-    """Llama rotary embedding of x [B, H, T, D] at positions [B, T]."""
-    dim = x.shape[-1]
-    inv = 1.0 / (theta ** (torch.arange(0, dim, 2, device=x.device, dtype=torch.float32) / dim))
+def _rope_tables(positions: torch.Tensor, dim: int, theta: float, dtype) -> tuple[torch.Tensor,
+                                                                                  torch.Tensor]:
+    """Llama rotary cos/sin [B, 1, T, D] at positions [B, T] (shared by q and k)."""
+    inv = 1.0 / (theta ** (torch.arange(0, dim, 2, device=positions.device,
+                                        dtype=torch.float32) / dim))
     freqs = positions.to(torch.float32)[..., None] * inv  # [B, T, D/2]
-    emb = torch.cat([freqs, freqs], dim=-1)[:, None]  # [B, 1, T, D]
-    cos, sin = emb.cos().to(x.dtype), emb.sin().to(x.dtype)
-    half = dim // 2
+    emb = torch.cat([freqs, freqs], dim=-1)[:, None]
+    return emb.cos().to(dtype), emb.sin().to(dtype)
+
+
+def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
     rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
     return x * cos + rotated * sin
 
@@ -138,13 +154,13 @@ class Attention(nn.Module):
         q = self.q_proj(x).view(b, t, c.num_attention_heads, c.head_dim).transpose(1, 2)
         k = self.k_proj(x).view(b, t, c.num_key_value_heads, c.head_dim).transpose(1, 2)
         v = self.v_proj(x).view(b, t, c.num_key_value_heads, c.head_dim).transpose(1, 2)
-        q, k = _rope(q, positions, c.rope_theta), _rope(k, positions, c.rope_theta)
+        cos, sin = _rope_tables(positions, c.head_dim, c.rope_theta, q.dtype)
+        q, k = _rope(q, cos, sin), _rope(k, cos, sin)
         keys = k if past_k is None else torch.cat([past_k, k], dim=2)
         values = v if past_v is None else torch.cat([past_v, v], dim=2)
-        rep = c.num_attention_heads // c.num_key_value_heads
         out = F.scaled_dot_product_attention(
-            q, keys.repeat_interleave(rep, dim=1), values.repeat_interleave(rep, dim=1),
-            attn_mask=mask, scale=1.0 / math.sqrt(c.head_dim))
+            q, keys, values, attn_mask=mask, scale=1.0 / math.sqrt(c.head_dim),
+            enable_gqa=c.num_attention_heads != c.num_key_value_heads)
         out = out.transpose(1, 2).reshape(b, t, -1)
         return self.o_proj(out), k, v
 
@@ -256,16 +272,21 @@ def check_mapping(d2t: torch.Tensor, t2d: torch.Tensor, k: int, vocab_size: int)
 
 def save_draft(draft: Eagle3Draft, path: str | os.PathLike, *, dtype=None) -> Path:
     """config.json + model.safetensors (SpecForge/SGLang key names), written atomically."""
+    path = Path(path)
+    with atomic_directory(path) as tmp:
+        write_draft_files(draft, tmp, dtype=dtype)
+    return path
+
+
+def write_draft_files(draft: Eagle3Draft, directory: Path, *, dtype=None) -> None:
+    """The checkpoint's two files into `directory` (the caller makes that atomic)."""
     from safetensors.torch import save_file
 
     tensors = {k: v.detach().cpu().contiguous() for k, v in draft.state_dict().items()}
     if dtype is not None:
         tensors = {k: v.to(dtype) if v.is_floating_point() else v for k, v in tensors.items()}
-    path = Path(path)
-    with atomic_directory(path) as tmp:
-        save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
-        (tmp / "config.json").write_text(json.dumps(draft.config.to_hf(), indent=2))
-    return path
+    save_file(tensors, str(directory / "model.safetensors"), metadata={"format": "pt"})
+    (directory / "config.json").write_text(json.dumps(draft.config.to_hf(), indent=2))
 
 
 def read_config(path: str | os.PathLike) -> DraftConfig:
@@ -288,41 +309,48 @@ def aux_layers(paths) -> tuple[int, ...] | None:
     return found.pop() if found else None
 
 
-def load_draft(path: str | os.PathLike, target, *, dtype=None) -> Eagle3Draft:
-    """Load a draft checkpoint for `target`; mismatches are one clear error, not a traceback."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
+def read_state(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The weights of a draft checkpoint directory, checked to hold an EAGLE-3 draft."""
+    from draftvocab.mapping import load_tensor_file
 
-    path = Path(path)
-    cfg_file, weights = path / "config.json", path / "model.safetensors"
-    if not cfg_file.is_file() or not weights.is_file():
-        raise DraftVocabError(f"{path} is not a draft checkpoint (needs config.json and "
-                              "model.safetensors)")
-    config = read_config(path)
-    if tuple(config.target_layers) != tuple(target.layers):
-        raise DraftVocabError(
-            f"draft reads target aux layers {list(config.target_layers)}, the target captures "
-            f"{list(target.layers)}: load the target with layers={tuple(config.target_layers)}")
-    if config.target_hidden_size != target.hidden_size:
-        raise DraftVocabError(
-            f"draft expects target hidden size {config.target_hidden_size}, target has "
-            f"{target.hidden_size}")
-    if config.vocab_size != target.vocab_size:
-        raise DraftVocabError(
-            f"draft mapping is for V={config.vocab_size}, target vocab_size is "
-            f"{target.vocab_size}")
-    try:
-        state = load_file(str(weights))
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise DraftVocabError(f"{weights} is not a readable safetensors file: {exc}") from None
+    weights = Path(path) / "model.safetensors"
+    if not weights.is_file():
+        raise DraftVocabError(f"{path} is not a draft checkpoint (no model.safetensors)")
+    state = load_tensor_file(weights)
     expected = {"fc.weight", "norm.weight", "lm_head.weight", "d2t", "t2d"}
     if not expected <= state.keys() or not any(k.startswith("midlayer.") for k in state):
         raise DraftVocabError(f"{weights} is not an EAGLE-3 draft (missing "
                               f"{sorted(expected - state.keys()) or ['midlayer.*']})")
+    return state
+
+
+def check_fits(config: DraftConfig, target) -> None:
+    """A draft runs on a target only with the same aux layers, hidden size and V."""
+    if tuple(config.target_layers) != tuple(target.layers):
+        why = (f"the draft reads target aux layers {list(config.target_layers)}, the target "
+               f"captures {list(target.layers)} (load it with layers="
+               f"{tuple(config.target_layers)})")
+    elif config.target_hidden_size != target.hidden_size:
+        why = (f"the draft expects target hidden size {config.target_hidden_size}, target has "
+               f"{target.hidden_size}")
+    elif config.vocab_size != target.vocab_size:
+        why = (f"the draft mapping is for V={config.vocab_size}, target vocab_size is "
+               f"{target.vocab_size}")
+    else:
+        return
+    raise DraftVocabError(f"draft does not fit the target: {why}")
+
+
+def load_draft(path: str | os.PathLike, target, *, dtype=None) -> Eagle3Draft:
+    """Load a draft checkpoint for `target`; mismatches are one clear error, not a traceback."""
+    path = Path(path)
+    config = read_config(path)
+    check_fits(config, target)
+    state = read_state(path)
     draft = Eagle3Draft(config, target.model.get_input_embeddings(), state["d2t"], state["t2d"])
     try:
         draft.load_state_dict(state, strict=True)
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()[0]
-        raise DraftVocabError(f"{weights} does not fit its config: {first}") from None
+        raise DraftVocabError(f"{path / 'model.safetensors'} does not fit its config: {first}") from None
     return draft.to(device=target.device, dtype=dtype or target.dtype)

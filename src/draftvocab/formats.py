@@ -21,7 +21,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import pickle
 from pathlib import Path
 from typing import Any
 
@@ -39,11 +38,9 @@ OUR_PREFIX = "midlayer."
 
 
 def read_tensors(path: Path) -> dict[str, Any]:
-    """A state dict from .safetensors (or a directory's model.safetensors / pytorch_model.bin),
-    never unpickling anything but tensors."""
-    import torch
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
+    """A state dict from a file or a directory's model.safetensors / pytorch_model.bin, never
+    unpickling anything but tensors."""
+    from draftvocab.mapping import load_tensor_file
 
     if path.is_dir():
         found = [path / n for n in ("model.safetensors", "pytorch_model.bin") if (path / n).is_file()]
@@ -52,18 +49,7 @@ def read_tensors(path: Path) -> dict[str, Any]:
         path = found[0]
     if not path.is_file():
         raise DraftVocabError(f"file not found: {path}")
-    if path.suffix == ".safetensors":
-        try:
-            return load_file(str(path))
-        except (SafetensorError, OSError) as exc:
-            raise DraftVocabError(f"{path} is not a readable safetensors file: {exc}") from None
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise DraftVocabError(f"refusing to load {path}: not a weights-only file ({first})") from None
-    except (RuntimeError, EOFError, ValueError, OSError) as exc:
-        raise DraftVocabError(f"cannot read {path} as a torch file: {exc}") from None
+    data = load_tensor_file(path)
     if not isinstance(data, dict):
         raise DraftVocabError(f"{path} holds a {type(data).__name__}, not a state dict")
     return data
@@ -186,13 +172,10 @@ def _torch_bytes(obj: Any) -> bytes:
 
 
 def _load_ours(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
-    from draftvocab.draft import check_mapping, read_config
+    from draftvocab.draft import check_mapping, read_config, read_state
 
     config = read_config(path)
-    state = read_tensors(path / "model.safetensors")
-    missing = {"fc.weight", "norm.weight", "lm_head.weight", "d2t", "t2d"} - state.keys()
-    if missing:
-        raise DraftVocabError(f"{path} is not an EAGLE-3 draft (missing {sorted(missing)})")
+    state = read_state(path)
     check_mapping(state["d2t"], state["t2d"], config.draft_vocab_size, config.vocab_size)
     return config.to_hf(), state
 
@@ -227,26 +210,13 @@ def export_specforge(source, out, *, target_config: dict[str, Any] | None = None
     else:
         if target_config is None:
             raise DraftVocabError("exporting a mapping to SpecForge needs the target's config "
-                                  "(--target)")
+                                  "(--preset or --config)")
         from draftvocab.assets import config_vocab_size
-        from draftvocab.target import eagle3_layers
+        from draftvocab.draft import DraftConfig
 
-        vocab = config_vocab_size(target_config)
-        m = load_mapping(source, vocab_size=vocab)
+        m = load_mapping(source, vocab_size=config_vocab_size(target_config))
         d2t, t2d = torch.from_numpy(m.d2t.copy()), torch.from_numpy(m.t2d.copy())
-        c = target_config
-        heads = int(c["num_attention_heads"])
-        hf = {"hidden_size": int(c["hidden_size"]), "intermediate_size": int(c["intermediate_size"]),
-              "num_attention_heads": heads,
-              "num_key_value_heads": int(c.get("num_key_value_heads") or heads),
-              "head_dim": int(c.get("head_dim") or int(c["hidden_size"]) // heads),
-              "vocab_size": vocab, "draft_vocab_size": m.k,
-              "target_hidden_size": int(c["hidden_size"]),
-              "rms_norm_eps": float(c.get("rms_norm_eps", 1e-5)),
-              "rope_theta": float((c.get("rope_parameters") or {}).get(
-                  "rope_theta", c.get("rope_theta", 10000.0))),
-              "max_position_embeddings": int(c.get("max_position_embeddings", 8192)),
-              "target_layers": list(target_layers or eagle3_layers(int(c["num_hidden_layers"])))}
+        hf = DraftConfig.from_target_config(target_config, m.k, target_layers).to_hf()
     config = specforge_config(hf)
     mapping_pt = {"vocab_mapping.pt": _torch_bytes({"d2t": d2t, "t2d": t2d})}
     if state is not None:  # a trained draft: its weights too, to warm-start SpecForge

@@ -24,22 +24,6 @@ import numpy as np
 from draftvocab.errors import DraftVocabError
 
 
-def draft_config_from_target(cfg: dict, k: int, layers: tuple[int, ...] = (1, 2, 3)):
-    """An EAGLE-3 DraftConfig with the target's widths (SpecForge's default) and k rows."""
-    from draftvocab.assets import config_vocab_size
-    from draftvocab.draft import DraftConfig
-
-    if "hidden_size" not in cfg and isinstance(cfg.get("text_config"), dict):
-        cfg = cfg["text_config"]
-    heads = int(cfg["num_attention_heads"])
-    return DraftConfig(
-        hidden_size=int(cfg["hidden_size"]), intermediate_size=int(cfg["intermediate_size"]),
-        num_attention_heads=heads, num_key_value_heads=int(cfg.get("num_key_value_heads") or heads),
-        head_dim=int(cfg.get("head_dim") or int(cfg["hidden_size"]) // heads),
-        vocab_size=config_vocab_size(cfg), draft_vocab_size=int(k),
-        target_hidden_size=int(cfg["hidden_size"]), target_layers=layers)
-
-
 def default_grid(vocab: int, points: int = 24) -> list[int]:
     """Log-spaced k from 256 to V, rounded to multiples of 64 (and V itself)."""
     ks = np.geomspace(min(256, vocab), vocab, points)
@@ -53,15 +37,15 @@ def measure_latency(target_config: dict, ks: Sequence[int], *, width: int = 1,
     """Median seconds of one draft forward for each k (same random weights below the head)."""
     import torch
 
-    from draftvocab.draft import Eagle3Draft
+    from draftvocab.draft import DraftConfig, Eagle3Draft
     from draftvocab.mapping import mapping_from_ids
 
     dtype = dtype or torch.float32
-    vocab = int(draft_config_from_target(target_config, 1).vocab_size)
+    base = DraftConfig.from_target_config(target_config)
+    vocab = base.vocab_size
     if not ks or min(ks) < 1 or max(ks) > vocab:
         raise DraftVocabError(f"k values must be in [1, V={vocab}]")
     torch.manual_seed(0)
-    base = draft_config_from_target(target_config, vocab)
     embed = torch.nn.Embedding(vocab, base.hidden_size)
     gen = torch.Generator().manual_seed(0)
     aux = torch.randn(1, width, 3 * base.target_hidden_size, generator=gen)
@@ -76,7 +60,7 @@ def measure_latency(target_config: dict, ks: Sequence[int], *, width: int = 1,
     seconds = {}
     for k in ks:
         m = mapping_from_ids(np.arange(k), vocab)
-        draft = Eagle3Draft(draft_config_from_target(target_config, k), embed,
+        draft = Eagle3Draft(DraftConfig.from_target_config(target_config, k), embed,
                             torch.from_numpy(m.d2t.copy()), torch.from_numpy(m.t2d.copy()))
         draft = draft.to(device=device, dtype=dtype).eval()
         seconds[int(k)] = _median_seconds(

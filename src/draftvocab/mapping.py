@@ -220,10 +220,12 @@ def write_mapping_files(
     ]
 
 
-def _load_tensors(path: Path) -> Any:
+def load_tensor_file(path: Path) -> Any:
+    """Tensors from `.safetensors`, or from `.pt`/`.bin` with `torch.load(weights_only=True)`:
+    anything that needs arbitrary unpickling is refused, never executed."""
     import torch
 
-    if path.suffix == ".pt":
+    if path.suffix in (".pt", ".bin"):
         try:
             return torch.load(path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as exc:
@@ -242,8 +244,9 @@ def _load_tensors(path: Path) -> Any:
         except OSError as exc:
             raise DraftVocabError(f"cannot read {path}: {exc.strerror}") from None
         except safetensors.SafetensorError as exc:
-            raise DraftVocabError(f"cannot read {path} as safetensors: {exc}") from None
-    raise DraftVocabError(f"unsupported mapping file {path}: expected .pt or .safetensors")
+            raise DraftVocabError(f"cannot read {path} as safetensors: not a readable "
+                                  f"safetensors file ({exc})") from None
+    raise DraftVocabError(f"unsupported tensor file {path}: expected .safetensors, .pt or .bin")
 
 
 def load_mapping(path: str | os.PathLike, vocab_size: int | None = None) -> VocabMapping:
@@ -264,7 +267,9 @@ def load_mapping(path: str | os.PathLike, vocab_size: int | None = None) -> Voca
         path = found[0]
     if not path.is_file():
         raise DraftVocabError(f"mapping file not found: {path}")
-    data = _load_tensors(path)
+    if path.suffix not in (".pt", ".safetensors"):
+        raise DraftVocabError(f"unsupported mapping file {path}: expected .pt or .safetensors")
+    data = load_tensor_file(path)
     if not isinstance(data, dict):
         raise DraftVocabError(
             f"{path} holds a {type(data).__name__}, expected a dict with 'd2t' and 't2d'"

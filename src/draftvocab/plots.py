@@ -295,3 +295,22 @@ def plot_speed(ks: np.ndarray, tokens_per_s: np.ndarray, k_best: int, path: str 
         ax.axhline(plain, color="0.5", ls=":", label=f"plain decoding {plain:.1f}")
     _k_axis(ax, "tokens/s", "Predicted end-to-end speed")
     return _save(fig, path)
+
+
+def plot_throughput(report: dict, path: str | os.PathLike) -> Path:
+    """Spec-Bench tokens/s per category and variant, mean ± 95 % CI (bench.run_benchmark)."""
+    names = report["variants"]
+    cats = list(report["table"])
+    fig = Figure(figsize=(max(6, 1.3 * len(cats) * len(names) / 2), 4))
+    ax = fig.subplots()
+    width = 0.8 / len(names)
+    for j, name in enumerate(names):
+        means = [report["table"][c][name]["tokens_per_s"][0] for c in cats]
+        errs = [report["table"][c][name]["tokens_per_s"][1] for c in cats]
+        xs = [i + (j - (len(names) - 1) / 2) * width for i in range(len(cats))]
+        ax.bar(xs, means, width, yerr=errs, capsize=2, label=name)
+    ax.set_xticks(range(len(cats)), cats, rotation=20)
+    ax.set_ylabel("output tokens/s")
+    ax.set_title("Spec-Bench decoding throughput (mean ± 95 % CI)")
+    ax.legend()
+    return _save(fig, path)

@@ -14,6 +14,7 @@ import os
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -187,8 +188,8 @@ def regenerate(
                   top_p=top_p, turns=turns)
     out_path = Path(out_path)
     done = finished_ids(out_path)
-    settings = _settings(target, max_new_tokens, temperature, top_p, turns, template_kwargs)
-    settings.max_prompt_tokens = max_prompt_tokens
+    settings = _settings(target, max_new_tokens, temperature, top_p, turns, template_kwargs,
+                         max_prompt_tokens)
     stats = RegenerateStats()
     start = time.perf_counter()
     with _open_for_append(out_path) as out:
@@ -214,35 +215,37 @@ def _open_for_append(path: Path):
 
 
 def _settings(target: Target, max_new_tokens: int, temperature: float, top_p: float, turns: str,
-              template_kwargs: dict[str, Any] | None) -> _Settings:
+              template_kwargs: dict[str, Any] | None,
+              max_prompt_tokens: int | None = None) -> _Settings:
     tok = target.tokenizer
-    stop = [tok.eos_token_id, getattr(target.model.generation_config, "eos_token_id", None)]
-    stop_ids = list(dict.fromkeys(
-        i for s in stop for i in (s if isinstance(s, list) else [s]) if i is not None))
+    stop_ids = target.stop_ids
     if not stop_ids:
         raise DraftVocabError("the target's tokenizer has no end-of-sequence token to stop at")
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else stop_ids[0]
     return _Settings(max_new_tokens, temperature, top_p, turns == "first",
-                     dict(template_kwargs or {}), pad_id, stop_ids)
+                     dict(template_kwargs or {}), pad_id, stop_ids, max_prompt_tokens)
 
 
 def _batches(conversations: Iterable[Conversation], done: set[str], batch_size: int,
              stats: RegenerateStats,
              progress: Callable[[int, int], None] | None) -> Iterator[list[_Work]]:
-    batch: list[_Work] = []
-    for conversation in conversations:
-        if conversation.source in done:
-            stats.already_done += 1
-            if progress:
-                progress(1, 0)
-            continue
-        done.add(conversation.source)  # an input that repeats an id is regenerated once
-        batch.append(_Work(conversation))
-        if len(batch) == batch_size:
+    """Batches are cut from the input stream *before* finished conversations are dropped, so
+    an interrupted batch (written all at once or not at all) comes back on resume with the same
+    members, shapes and seed; a finished one comes back empty, or with only the conversations
+    it skipped (too long: skipped again without generating)."""
+    it = iter(conversations)
+    while chunk := list(islice(it, batch_size)):
+        batch: list[_Work] = []
+        for conversation in chunk:
+            if conversation.source in done:
+                stats.already_done += 1
+                if progress:
+                    progress(1, 0)
+                continue
+            done.add(conversation.source)  # an input that repeats an id is regenerated once
+            batch.append(_Work(conversation))
+        if batch:
             yield batch
-            batch = []
-    if batch:
-        yield batch
 
 
 def _regenerate_batch(batch: list[_Work], target: Target, settings: _Settings, seed: int,
@@ -259,7 +262,7 @@ def _regenerate_batch(batch: list[_Work], target: Target, settings: _Settings, s
         while True:
             active = [i for i, w in enumerate(batch)
                       if i not in too_long and w.advance(settings.first_only)]
-            prompts = {i: _prompt_ids(target, batch[i].messages, settings) for i in active}
+            prompts = {i: target.prompt_ids(batch[i].messages, **settings.template_kwargs) for i in active}
             for i in [i for i in active if len(prompts[i]) > limit]:
                 too_long.add(i)
                 active.remove(i)
@@ -287,11 +290,6 @@ def _regenerate_batch(batch: list[_Work], target: Target, settings: _Settings, s
     return finished
 
 
-def _prompt_ids(target: Target, messages: list[dict[str, str]], settings: _Settings) -> list[int]:
-    tok = target.tokenizer
-    text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True,
-                                   **settings.template_kwargs)
-    return list(tok(text, add_special_tokens=False)["input_ids"])  # the template has BOS
 
 
 def _generate(target: Target, prompts: list[list[int]], settings: _Settings) -> list[list[int]]:

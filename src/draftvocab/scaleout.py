@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from draftvocab.conversations import DEFAULT_ROLES, ColumnMap, _checked_role_map, _Loc, _to_messages
-from draftvocab.counts import TokenCounts, _count_batch
+from draftvocab.counts import TokenCounts, _count_batch, check_ids, finish_counts
 from draftvocab.errors import DraftVocabError
 from draftvocab.spans import ChatSpans
 
@@ -60,28 +60,11 @@ def _absorb(parts, vocab_size: int) -> tuple[np.ndarray, int, Counter]:
     conversations, skipped = 0, Counter()
     for part in parts:
         ids = np.asarray(part["ids"], dtype=np.int64)
-        if ids.size and int(ids.max()) >= vocab_size:
-            raise DraftVocabError(f"token id {int(ids.max())} >= vocab_size {vocab_size} of the "
-                                  "target config: tokenizer and config do not belong together")
+        check_ids(ids, vocab_size)
         np.add.at(total, ids, np.asarray(part["counts"], dtype=np.int64))
         conversations += int(part["conversations"])
         skipped.update({k: v for k, v in (part["skipped"] or {}).items() if v})
     return total, conversations, skipped
-
-
-def _metadata(spans: ChatSpans, counts: np.ndarray, conversations: int, skipped: Counter,
-              engine: str, files: Sequence[str]) -> dict[str, Any]:
-    from draftvocab import __version__
-    from draftvocab.assets import sha256_text, tokenizer_fingerprint
-
-    if conversations == 0:
-        raise DraftVocabError("no usable conversations to count")
-    return {"tokenizer": tokenizer_fingerprint(spans.tokenizer),
-            "chat_template": {"sha256": sha256_text(spans.tokenizer.chat_template)},
-            "template_kwargs": spans.template_kwargs, "include_eot": spans.include_eot,
-            "datasets": [{"kind": "files", "engine": engine, "files": list(files)}],
-            "conversations": conversations, "supervised_tokens": int(counts.sum()),
-            "skipped": dict(sorted(skipped.items())), "draftvocab_version": __version__}
 
 
 def _builder(files: Sequence[str]) -> str:
@@ -136,7 +119,8 @@ def count_with_datasets(files: Sequence[str], spans: ChatSpans, vocab_size: int,
     total, conversations, skipped = _absorb(
         ({"ids": r["ids"], "counts": r["counts"], "conversations": r["conversations"],
           "skipped": json.loads(r["skipped"])} for r in parts), vocab_size)
-    return TokenCounts(total, _metadata(spans, total, conversations, skipped, "datasets", files))
+    return finish_counts(total, spans, conversations, skipped,
+                         [{"kind": "files", "engine": "datasets", "files": list(files)}])
 
 
 def count_with_ray(files: Sequence[str], spans: ChatSpans, vocab_size: int, *,
@@ -169,4 +153,5 @@ def count_with_ray(files: Sequence[str], spans: ChatSpans, vocab_size: int, *,
     parts = ds.map_batches(fn, batch_size=batch_size, batch_format="pyarrow")
     total, conversations, skipped = _absorb(
         ({**r, "skipped": json.loads(r["skipped"])} for r in parts.iter_rows()), vocab_size)
-    return TokenCounts(total, _metadata(spans, total, conversations, skipped, "ray", files))
+    return finish_counts(total, spans, conversations, skipped,
+                         [{"kind": "files", "engine": "ray", "files": list(files)}])

@@ -88,11 +88,27 @@ class Target:
         return next(self.model.parameters()).dtype
 
     @property
+    def stop_ids(self) -> list[int]:
+        """Ids that end a reply, for every decoder here: the generation config's eos (what HF
+        `generate` stops on), else the model config's, else the tokenizer's."""
+        sources = (getattr(getattr(self.model, "generation_config", None), "eos_token_id", None),
+                   getattr(self.config, "eos_token_id", None),
+                   getattr(self.tokenizer, "eos_token_id", None))
+        for eos in sources:
+            if eos is not None:
+                return list(dict.fromkeys(eos if isinstance(eos, list) else [eos]))
+        return []
+
+    def prompt_ids(self, messages: list[dict[str, str]], **template_kwargs) -> list[int]:
+        """Token ids of `messages` rendered by the chat template, generation prompt appended
+        (the template writes any BOS itself)."""
+        ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True,
+                                                 tokenize=True, **template_kwargs)
+        return list(ids["input_ids"] if hasattr(ids, "keys") else ids)
+
+    @property
     def max_length(self) -> int:
         return int(getattr(self.config, "max_position_embeddings", 0) or 2**31)
-
-    def embed(self, ids: torch.Tensor) -> torch.Tensor:
-        return self.model.get_input_embeddings()(ids)
 
     def new_cache(self):
         from transformers import DynamicCache
@@ -101,15 +117,18 @@ class Target:
 
     @torch.no_grad()  # not inference_mode: drafts train on these outputs
     def forward(self, input_ids: torch.Tensor, *, past=None, position_ids=None,
-                attention_mask: torch.Tensor | None = None) -> TargetOutput:
-        """One forward. `attention_mask` may be a 4D additive mask [B, 1, T, past+T] (trees)."""
-        if past is None:
+                attention_mask: torch.Tensor | None = None,
+                use_cache: bool = True) -> TargetOutput:
+        """One forward. `attention_mask` may be a 4D additive mask [B, 1, T, past+T] (trees);
+        `use_cache=False` (training) builds no KV cache."""
+        if past is None and use_cache:
             past = self.new_cache()
         self._captured.clear()
         out = self.model(input_ids=input_ids, past_key_values=past, position_ids=position_ids,
-                         attention_mask=attention_mask, use_cache=True)
-        hidden = torch.cat([self._captured[i] for i in self.layers], dim=-1)
-        return TargetOutput(out.logits, hidden, out.past_key_values)
+                         attention_mask=attention_mask, use_cache=use_cache)
+        # pop: the captured layers must not outlive the call (training backpropagates after it)
+        hidden = torch.cat([self._captured.pop(i) for i in self.layers], dim=-1)
+        return TargetOutput(out.logits, hidden, out.past_key_values if use_cache else None)
 
 
 def _decoder_layers(model) -> torch.nn.ModuleList:

@@ -27,14 +27,14 @@ import torch
 import torch.nn.functional as F
 
 from draftvocab.atomic import atomic_directory, atomic_write
-from draftvocab.draft import DraftConfig, Eagle3Draft, save_draft
+from draftvocab.draft import DraftConfig, Eagle3Draft, save_draft, write_draft_files
 from draftvocab.errors import DraftVocabError
 
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 STATE_JSON = "trainer_state.json"
 STATE_TENSORS = "trainer_state.safetensors"
 LOG_NAME = "train_log.json"
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+DTYPES = ("fp32", "bf16")  # bf16: torch.autocast around the draft
 
 
 @dataclass
@@ -310,9 +310,11 @@ def latest_checkpoint(out: str | os.PathLike) -> Path | None:
 
 
 def _save_draft_into(draft: Eagle3Draft, directory: Path) -> None:
-    """save_draft's two files into an existing directory (save_draft replaces its path whole)."""
+    """The final draft's two files into the run directory, which also holds checkpoints and the
+    log and so is not replaced whole: written complete beside it, then renamed in, weights
+    first (a config never announces weights that are not there yet)."""
     tmp = save_draft(draft, directory / ".draft-tmp")
-    for name in ("config.json", "model.safetensors"):
+    for name in ("model.safetensors", "config.json"):
         os.replace(tmp / name, directory / name)
     tmp.rmdir()
 
@@ -351,7 +353,7 @@ def save_checkpoint(path: Path, draft: Eagle3Draft, opt: torch.optim.Optimizer,
     tensors, opt_meta = _optimizer_tensors(opt)
     tensors["rng.torch"] = torch.get_rng_state()
     with atomic_directory(path) as tmp:
-        _save_draft_into(draft, tmp)
+        write_draft_files(draft, tmp)
         save_file(tensors, str(tmp / STATE_TENSORS), metadata={"format": "pt"})
         (tmp / STATE_JSON).write_text(json.dumps({**state, "optimizer": opt_meta}, indent=1))
     return path
@@ -439,7 +441,7 @@ def train_draft(target, examples: Sequence[Example], out: str | os.PathLike, *,
         batch = Batch(batch.ids.to(target.device), batch.supervised.to(target.device),
                       batch.lengths.to(target.device))
         t0 = time.perf_counter()
-        target_out = target.forward(batch.ids)
+        target_out = target.forward(batch.ids, use_cache=False)
         labels = ttt_targets(target_out.logits, batch, t2d_dev, config.ttt_steps)
         hidden = target_out.hidden.float()
         del target_out
@@ -481,13 +483,9 @@ def train_draft(target, examples: Sequence[Example], out: str | os.PathLike, *,
         checkpoints=checkpoints)
 
 
-def mapping_tensors(path: str | os.PathLike, vocab_size: int
-                    ) -> tuple[torch.Tensor, torch.Tensor]:
-    """d2t/t2d of a mapping file (vocab_mapping.pt/.safetensors) for a target with V ids."""
-    from draftvocab.mapping import load_mapping
-
-    m = load_mapping(path)
+def mapping_tensors(m, vocab_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """d2t/t2d tensors of a loaded VocabMapping, checked against the target's V."""
     if m.vocab_size != vocab_size:
-        raise DraftVocabError(f"mapping {path} is for V={m.vocab_size:,} but the target's "
+        raise DraftVocabError(f"the mapping is for V={m.vocab_size:,} but the target's "
                               f"vocab_size is {vocab_size:,}")
     return torch.from_numpy(m.d2t.astype(np.int64)), torch.from_numpy(m.t2d.astype(bool))
