@@ -6,6 +6,10 @@ decoding and each draft on the same Spec-Bench prompts:
 
     python benchmarks/profile_decode.py --draft trimmed=runs/draft-trimmed \\
         --draft full=runs/draft-full --chain --gamma 2 --prompts 6 --max-new-tokens 64
+
+SpecBlock drafts (detected from their config) use --blocks/--branch/--policy; their drafting
+row includes the catch-up, which shares block 1's forward. Rows starting "in drafting" are
+parts of the drafting rows (the draft's layers, LM head, rank head), not added to the total.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import torch
 
 from draftvocab import decode
 from draftvocab.bench import load_questions
+from draftvocab.blockdecode import SpecBlockDecoder, decoder_for
 from draftvocab.decode import SpeculativeDecoder
 from draftvocab.draft import aux_layers, load_draft
 from draftvocab.target import load_target
@@ -45,10 +50,20 @@ def profile(target, dec: SpeculativeDecoder, prompts, max_new_tokens: int) -> di
 
     target.forward = target_forward
     originals = {}
-    for attr, name in [("_catch_up", "draft catch-up"), ("_draft_chain", "drafting"),
-                       ("_draft_tree", "drafting"), ("_draft_tree_sampled", "drafting")]:
+    pieces = [("_catch_up", "draft catch-up"), ("_draft_chain", "drafting"),
+              ("_draft_tree", "drafting"), ("_draft_tree_sampled", "drafting")]
+    if isinstance(dec, SpecBlockDecoder):  # catch-up is inside block 1's forward
+        pieces = [("_propose", "drafting (incl. catch-up)")]
+    for attr, name in pieces:
         originals[attr] = getattr(dec, attr)
         setattr(dec, attr, _timed(totals, name, originals[attr]))
+    inner = {}  # sub-phases of drafting, reported apart and not summed
+    if dec.draft is not None:
+        for attr in ("run", "step", "logits", "rank_logits"):
+            if hasattr(dec.draft, attr):
+                inner[attr] = getattr(dec.draft, attr)
+                setattr(dec.draft, attr, _timed(totals, f"  in drafting: draft.{attr}",
+                                                inner[attr]))
     keep = decode._keep_cache
     decode._keep_cache = _timed(totals, "KV-cache trim", keep)
     tokens = forwards = accepted = 0
@@ -64,10 +79,12 @@ def profile(target, dec: SpeculativeDecoder, prompts, max_new_tokens: int) -> di
         target.forward = forward
         for attr in originals:
             delattr(dec, attr)
+        for attr in inner:
+            delattr(dec.draft, attr)
         decode._keep_cache = keep
     # Verify-step post-processing (acceptance walk, argmax) sits inside the verify wrapper of
     # the decoder, outside target.forward: it lands in "other" with the loop's own bookkeeping.
-    totals["other"] = wall - sum(totals.values())
+    totals["other"] = wall - sum(v for k, v in totals.items() if not k.startswith("  "))
     return {"tokens": tokens, "target_forwards": forwards, "seconds": wall,
             "mean_accept_length": accepted / max(forwards, 1),
             "tok_per_s": tokens / wall,
@@ -86,6 +103,9 @@ def main() -> None:
     ap.add_argument("--depth", type=int, default=6)
     ap.add_argument("--topk", type=int, default=8)
     ap.add_argument("--total-tokens", type=int, default=32)
+    ap.add_argument("--blocks", type=int, default=2, help="SpecBlock drafts")
+    ap.add_argument("--branch", type=int, default=4, help="SpecBlock drafts")
+    ap.add_argument("--policy", help="SpecBlock drafts: rank | fixed | chain")
     ap.add_argument("--json", action="store_true", help="print JSON instead of a table")
     args = ap.parse_args()
 
@@ -99,9 +119,10 @@ def main() -> None:
     variants = {"plain": SpeculativeDecoder(target)}
     for item in args.draft:
         name, _, path = item.partition("=")
-        variants[name] = SpeculativeDecoder(
+        variants[name] = decoder_for(
             target, load_draft(path, target), tree=not args.chain, gamma=args.gamma,
-            depth=args.depth, topk=args.topk, total_tokens=args.total_tokens)
+            depth=args.depth, topk=args.topk, total_tokens=args.total_tokens,
+            blocks=args.blocks, branch=args.branch, policy=args.policy)
     torch.manual_seed(0)
     profile(target, variants["plain"], prompts[:1], 8)  # warm-up
     results = {name: profile(target, dec, prompts, args.max_new_tokens)

@@ -13,6 +13,8 @@ Public API (everything else is private):
     regenerate          conversations + target -> the target's own answers (JSONL)
     train_draft         examples + target -> trained draft (training-time test)
     SpeculativeDecoder  target + draft -> lossless chain / tree speculative decoding
+    SpecBlockDraft      SpecBlock drafter (K positions per forward); SpecBlockDecoder,
+                        decoder_for (the right decoder for any draft), BudgetBandit
 
 Imports are lazy so that `draftvocab --help` does not pay for torch/transformers.
 """
@@ -45,13 +47,18 @@ _EXPORTS = {
     "train_draft": "train",
     "TrainConfig": "train",
     "SpeculativeDecoder": "decode",
+    "SpecBlockDraft": "specblock",
+    "SpecBlockDecoder": "blockdecode",
+    "decoder_for": "blockdecode",
+    "BudgetBandit": "bandit",
 }
 __all__ = [  # noqa: RUF022 - same order as _EXPORTS
     "read_conversations", "ChatSpans", "count_tokens", "TokenCounts", "merge_counts",
     "flops_breakdown", "DraftFlops", "optimize_vocab", "OptimizeResult", "build_mapping",
     "load_mapping", "VocabMapping", "DraftVocabError", "load_target", "Target", "Eagle3Draft",
     "DraftConfig", "save_draft", "load_draft", "regenerate", "train_draft", "TrainConfig",
-    "SpeculativeDecoder", "__version__",
+    "SpeculativeDecoder", "SpecBlockDraft", "SpecBlockDecoder", "decoder_for", "BudgetBandit",
+    "__version__",
 ]
 
 

@@ -128,7 +128,8 @@ def run_benchmark(target, variants: dict[str, Any], questions: list[Question], *
                                  "seconds": wall, "target_forwards": res.target_forwards,
                                  "accepted": sum(res.accept_lengths),
                                  "draft_seconds": res.draft_seconds,
-                                 "target_seconds": res.target_seconds})
+                                 "target_seconds": res.target_seconds,
+                                 "draft_forwards": res.draft_forwards})
                 for name in names:
                     if outputs[name] != outputs[reference]:
                         mismatches[name] += 1
@@ -151,8 +152,8 @@ def summarise(rows, names, runs, mismatches, max_new_tokens) -> dict[str, Any]:
                 if r["variant"] == name and cat in (r["category"], "overall"):
                     agg = per_run[r["run"]]
                     for key in ("tokens", "seconds", "target_forwards", "accepted",
-                                "draft_seconds", "target_seconds"):
-                        agg[key] += r[key]
+                                "draft_seconds", "target_seconds", "draft_forwards"):
+                        agg[key] += r.get(key, 0)
                     agg["requests"] += 1
             tps = [a["tokens"] / a["seconds"] for a in per_run.values()]
             lat = [a["seconds"] / a["requests"] for a in per_run.values()]
@@ -160,9 +161,11 @@ def summarise(rows, names, runs, mismatches, max_new_tokens) -> dict[str, Any]:
             tau = [a["accepted"] / max(a["target_forwards"], 1) for a in per_run.values()]
             share = [a["draft_seconds"] / max(a["draft_seconds"] + a["target_seconds"], 1e-12)
                      for a in per_run.values()]
+            fwd = [a["draft_forwards"] / max(a["tokens"], 1) for a in per_run.values()]
             table.setdefault(cat, {})[name] = {
                 "tokens_per_s": mean_ci(tps), "latency_s": mean_ci(lat),
                 "accept_length": mean_ci(tau), "draft_share": mean_ci(share),
+                "draft_forwards_per_token": mean_ci(fwd),
                 "requests": int(next(iter(per_run.values()))["requests"]) if per_run else 0,
             }
     base = names[0]
@@ -178,17 +181,19 @@ def markdown(report: dict[str, Any]) -> str:
     names = report["variants"]
     head = (f"{report['runs']} runs, mean ± 95 % CI; speed-up vs `{names[0]}`; "
             f"max {report['max_new_tokens']} new tokens per request.")
-    columns = "| category | variant | tok/s | speed-up | τ (accept length) | latency s | draft share |"
-    lines = [head, "", columns, "|---|---|---|---|---|---|---|"]
+    columns = ("| category | variant | tok/s | speed-up | τ (accept length) | latency s | "
+               "draft share | drafter fwd/token |")
+    lines = [head, "", columns, "|---|---|---|---|---|---|---|---|"]
     for cat, by_name in report["table"].items():
         for name in names:
             s = by_name[name]
             (tps, tps_ci), (tau, tau_ci) = s["tokens_per_s"], s["accept_length"]
             (lat, lat_ci), (share, _) = s["latency_s"], s["draft_share"]
             label = f"**{cat}**" if cat == "overall" else cat
+            fwd = s.get("draft_forwards_per_token", (0.0, 0.0))[0]
             lines.append(f"| {label} | {name} | {tps:.1f} ± {tps_ci:.1f} | {s['speedup']:.2f}× | "
                          f"{tau:.2f} ± {tau_ci:.2f} | {lat:.2f} ± {lat_ci:.2f} | "
-                         f"{share:.0%} |")
+                         f"{share:.0%} | {fwd:.2f} |")
     if report.get("skipped_too_long"):
         lines.insert(1, f"{report['skipped_too_long']} requests longer than the target's "
                      "context were skipped.")

@@ -734,7 +734,9 @@ class _TrainProgress:
              "  draftvocab train regen.jsonl --mapping run/ -o draft/ --save-every 500 --resume   "
              "# continue an interrupted run\n\n"
              "  draftvocab train chats.jsonl --target path/to/hf-model -o draft/ --dtype bf16 "
-             "--json")
+             "--json\n\n"
+             "  draftvocab train regen.jsonl --mapping run/ --drafter specblock -o sb/   "
+             "# SpecBlock, K = 4, 2 layers")
 @_fail_cleanly
 def train_cmd(
     data: Annotated[str | None, typer.Argument(
@@ -768,6 +770,22 @@ def train_cmd(
         "--dtype", help="fp32 or bf16 (autocast) for the draft.")] = "fp32",
     save_every: Annotated[int, typer.Option(
         "--save-every", help="Checkpoint every N optimizer steps (0: final draft only).")] = 0,
+    drafter: Annotated[str, typer.Option(
+        "--drafter", help="eagle3 (one token per forward) or specblock (K per forward).")]
+    = "eagle3",
+    block_size: Annotated[int, typer.Option(
+        "--block-size", help="SpecBlock: positions per drafter forward (K).")] = 4,
+    draft_layers: Annotated[int, typer.Option(
+        "--draft-layers", help="SpecBlock: decoder layers.")] = 2,
+    shift: Annotated[bool, typer.Option(
+        "--shift/--no-shift", help="SpecBlock: layer-wise shift (ablation: off).")] = True,
+    inherit: Annotated[bool, typer.Option(
+        "--inherit/--no-inherit", help="SpecBlock: cross-block inheritance (ablation: off).")]
+    = True,
+    rank_head: Annotated[bool, typer.Option(
+        "--rank-head/--no-rank-head", help="SpecBlock: co-trained rank head.")] = True,
+    valid_prefix: Annotated[bool, typer.Option(
+        "--valid-prefix/--no-valid-prefix", help="SpecBlock: valid-prefix loss mask.")] = True,
     resume: Annotated[bool, typer.Option(
         "--resume", help="Continue from the latest checkpoint in --out.")] = False,
     seed: Annotated[int, typer.Option("--seed", help="Seed for sampling, init and data order.")]
@@ -775,7 +793,8 @@ def train_cmd(
     skip_bad_lines: SkipOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Train an EAGLE-3 draft (training-time test) on the target's hidden states."""
+    """Train a draft on the target's hidden states: EAGLE-3 (training-time test) or SpecBlock
+    (K positions per forward, --drafter specblock)."""
     from draftvocab.conversations import read_conversations
     from draftvocab.presets import PRESETS, get_preset
     from draftvocab.target import DEFAULT_TARGET, load_target
@@ -783,7 +802,9 @@ def train_cmd(
 
     config = TrainConfig(ttt_steps=ttt_steps, lr=lr, warmup_steps=warmup, batch_size=batch_size,
                          epochs=epochs, max_steps=max_steps, max_len=max_len, dtype=dtype,
-                         save_every=save_every, seed=seed)
+                         save_every=save_every, seed=seed, drafter=drafter,
+                         block_size=block_size, draft_layers=draft_layers, shift=shift,
+                         inherit=inherit, rank_head=rank_head, valid_prefix=valid_prefix)
     config.check()  # cheap errors before loading anything
     if out.exists() and not out.is_dir():
         raise DraftVocabError(f"output path {out} exists and is not a directory")
@@ -837,14 +858,32 @@ DecodeTreeOpt = Annotated[bool, typer.Option(
     "--tree/--chain", help="EAGLE-2 dynamic tree (greedy) or a chain of --gamma tokens.")]
 
 
+BlocksOpt = Annotated[int, typer.Option(
+    "--blocks", help="SpecBlock drafts: block expansions per round (depth up to blocks x K).")]
+BranchOpt = Annotated[int, typer.Option(
+    "--branch", help="SpecBlock drafts: candidates per row when branching.")]
+PolicyOpt = Annotated[str | None, typer.Option(
+    "--policy", help="SpecBlock drafts: rank (rank head decides), fixed (top---branch every "
+    "row) or chain (default: rank if the draft has a rank head; chain with --chain).")]
+BanditOpt = Annotated[bool, typer.Option(
+    "--bandit", help="SpecBlock drafts: cost-aware bandit picks (blocks, branch) per round.")]
+
+
 def _decoder(target, draft_dir: Path | None, tree: bool, depth: int, topk: int,
-             total_tokens: int, gamma: int):
-    from draftvocab.decode import SpeculativeDecoder
+             total_tokens: int, gamma: int, blocks: int = 2, branch: int = 4,
+             policy: str | None = None, bandit: bool = False):
+    """The decoder for a draft directory (EAGLE-3 or SpecBlock), or plain decoding."""
+    from draftvocab.blockdecode import decoder_for
     from draftvocab.draft import load_draft
 
     draft = load_draft(draft_dir, target) if draft_dir else None
-    return SpeculativeDecoder(target, draft, tree=tree, depth=depth, topk=topk,
-                              total_tokens=total_tokens, gamma=gamma)
+    chooser = None
+    if bandit:
+        from draftvocab.bandit import BudgetBandit
+        chooser = BudgetBandit()
+    return decoder_for(target, draft, tree=tree, depth=depth, topk=topk,
+                       total_tokens=total_tokens, gamma=gamma, blocks=blocks, branch=branch,
+                       policy=policy, bandit=chooser)
 
 
 @app.command(epilog="Examples:\n\n"
@@ -858,7 +897,7 @@ def generate(
     target: Annotated[str, typer.Option("--target", help="Preset, .gguf or HF model dir.")]
     = "smollm2-135m",
     draft: Annotated[Path | None, typer.Option(
-        "--draft", help="EAGLE-3 draft checkpoint dir; none = plain decoding.")] = None,
+        "--draft", help="EAGLE-3 or SpecBlock draft dir; none = plain decoding.")] = None,
     max_new_tokens: Annotated[int, typer.Option("--max-new-tokens")] = 128,
     temperature: Annotated[float, typer.Option("--temperature", help="0 = greedy.")] = 0.0,
     top_p: Annotated[float, typer.Option("--top-p")] = 1.0,
@@ -869,6 +908,9 @@ def generate(
     total_tokens: Annotated[int, typer.Option("--total-tokens", help="Tree nodes verified.")]
     = 32,
     gamma: Annotated[int, typer.Option("--gamma", help="Chain length.")] = 5,
+    blocks: BlocksOpt = 2,
+    branch: BranchOpt = 4,
+    policy: PolicyOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Generate one answer, plainly or speculatively (greedy output is the target's own)."""
@@ -878,14 +920,14 @@ def generate(
     if max_new_tokens < 1:
         raise DraftVocabError("--max-new-tokens must be at least 1")
     tgt = load_target(target, layers=aux_layers([draft] if draft else []))
-    dec = _decoder(tgt, draft, tree, depth, topk, total_tokens, gamma)
+    dec = _decoder(tgt, draft, tree, depth, topk, total_tokens, gamma, blocks, branch, policy)
     ids = tgt.prompt_ids([{"role": "user", "content": prompt}])
     res = dec.generate(ids, max_new_tokens, temperature=temperature, top_p=top_p, seed=seed)
     text = tgt.tokenizer.decode(res.tokens, skip_special_tokens=True)
     summary = {"text": text, "tokens": len(res.tokens), "seconds": res.seconds,
                "tokens_per_s": len(res.tokens) / max(res.seconds, 1e-9),
                "accept_length": res.mean_accept_length,
-               "target_forwards": res.target_forwards,
+               "target_forwards": res.target_forwards, "draft_forwards": res.draft_forwards,
                "draft_share": res.draft_seconds / max(res.draft_seconds + res.target_seconds,
                                                       1e-9)}
     if as_json:
@@ -899,12 +941,14 @@ def generate(
 
 @app.command(epilog="Examples:\n\n"
              "  draftvocab bench --draft full=drafts/full --draft trimmed=drafts/k8000 -o bench/\n\n"
-             "  draftvocab bench --per-category 2 --max-new-tokens 64 --runs 3 -o quick/")
+             "  draftvocab bench --per-category 2 --max-new-tokens 64 --runs 3 -o quick/\n\n"
+             "  draftvocab bench --draft eagle=drafts/k6851 --draft block=drafts/specblock "
+             "--chain --gamma 2 --blocks 1 -o sb/")
 @_fail_cleanly
 def bench(
     draft: Annotated[list[str] | None, typer.Option(
-        "--draft", help="NAME=DIR of an EAGLE-3 draft (repeatable); plain decoding always "
-        "runs as the baseline.")] = None,
+        "--draft", help="NAME=DIR of an EAGLE-3 or SpecBlock draft (repeatable); plain "
+        "decoding always runs as the baseline.")] = None,
     target: Annotated[str, typer.Option("--target", help="Preset, .gguf or HF model dir.")]
     = "smollm2-135m",
     questions: Annotated[Path | None, typer.Option(
@@ -920,6 +964,10 @@ def bench(
     topk: Annotated[int, typer.Option("--topk")] = 8,
     total_tokens: Annotated[int, typer.Option("--total-tokens")] = 32,
     gamma: Annotated[int, typer.Option("--gamma")] = 5,
+    blocks: BlocksOpt = 2,
+    branch: BranchOpt = 4,
+    policy: PolicyOpt = None,
+    bandit: BanditOpt = False,
     out: Annotated[Path, typer.Option("--out", "-o", help="Report directory.")]
     = Path("bench-out"),
     as_json: JsonOpt = False,
@@ -944,7 +992,8 @@ def bench(
     tgt = load_target(target, layers=aux_layers([p for _, p in specs]))
     variants = {"plain": SpeculativeDecoder(tgt)}
     for name, path in specs:
-        variants[name] = _decoder(tgt, path, tree, depth, topk, total_tokens, gamma)
+        variants[name] = _decoder(tgt, path, tree, depth, topk, total_tokens, gamma, blocks,
+                                  branch, policy, bandit)
     total = runs * sum(len(q.turns) for q in qs)
     with Progress(console=err, transient=True) as bar:
         task = bar.add_task("benchmark", total=total)
@@ -1411,10 +1460,11 @@ def calibrate_cmd(
     from draftvocab.atomic import atomic_write
     from draftvocab.bench import load_questions
     from draftvocab.decode import SpeculativeDecoder
-    from draftvocab.draft import aux_layers, load_draft
+    from draftvocab.draft import aux_layers, load_draft, read_config, require_eagle3
     from draftvocab.latency import acceptance_from_lengths
     from draftvocab.target import load_target
 
+    require_eagle3(read_config(draft), "calibrate")
     tgt = load_target(target, layers=aux_layers([draft]))
     d = load_draft(draft, tgt)
     dec = SpeculativeDecoder(tgt, d, tree=False, gamma=gamma)

@@ -29,6 +29,7 @@ class GenerationResult:
     target_seconds: float = 0.0  # prefill included
     prefill_seconds: float = 0.0
     seconds: float = 0.0
+    draft_forwards: int = 0  # drafter calls (catch-up included)
 
     @property
     def mean_accept_length(self) -> float:
@@ -84,6 +85,10 @@ class SpeculativeDecoder:
     def __init__(self, target, draft=None, *, tree: bool = True, depth: int = 6,
                  topk: int = 8, total_tokens: int = 32, gamma: int = 5):
         if draft is not None:
+            from draftvocab.draft import is_specblock
+            if is_specblock(draft.config) and not hasattr(self, "_expand"):
+                raise DraftVocabError("a SpecBlock draft needs blockdecode.SpecBlockDecoder "
+                                      "(or blockdecode.decoder_for)")
             check_fits(draft.config, target)
             k = draft.config.draft_vocab_size
             self._draft_ids = draft.to_target_ids(torch.arange(k, device=draft.d2t.device))
@@ -132,7 +137,7 @@ class SpeculativeDecoder:
         # Draft state: real-feature pairs not yet in its cache start at `pending_from`.
         feats = out.hidden[0]  # features of positions pending_from .. len(tokens)-2
         pending_from = 0
-        dk = dv = None  # draft cache [1, KV, S, D]
+        self._reset_draft()
 
         while len(res.tokens) < max_new_tokens and not (stop_at_eos and res.tokens[-1] in self.eos):
             n = len(tokens) - 1  # position of the pending token x_n (not in the target cache)
@@ -144,18 +149,14 @@ class SpeculativeDecoder:
                 cache = out.past_key_values
             else:
                 t0 = time.perf_counter()
-                dk, dv, h_last, logits_last = self._catch_up(
-                    feats, tokens, pending_from, dk, dv)
-                if self.tree and self._sampling is None:
-                    nodes = self._draft_tree(dk, dv, h_last, logits_last, n)
-                elif self.tree:
-                    nodes = self._draft_tree_sampled(dk, dv, h_last, logits_last, n)
-                else:
-                    nodes = self._draft_chain(dk, dv, h_last, logits_last, n)
-                res.draft_seconds += time.perf_counter() - t0
+                nodes = self._propose(feats, tokens, pending_from, n)
+                draft_s = time.perf_counter() - t0
                 t0 = time.perf_counter()
                 new, kept_nodes, out = self._verify(nodes, tokens[-1], n, cache)
-                res.target_seconds += time.perf_counter() - t0
+                verify_s = time.perf_counter() - t0
+                res.draft_seconds += draft_s
+                res.target_seconds += verify_s
+                self._observe(len(new), draft_s + verify_s)
                 cache = out.past_key_values
                 # Keep x_n and the accepted nodes in the target cache; rejected ones go.
                 _keep_cache(cache, n + 1, kept_nodes)
@@ -174,9 +175,30 @@ class SpeculativeDecoder:
             tokens += new
             res.tokens += new
         res.seconds = time.perf_counter() - start
+        res.draft_forwards = self.draft_forwards
         return res
 
     # -- pieces -----------------------------------------------------------------------------
+
+    def _reset_draft(self) -> None:
+        self._dk = self._dv = None  # draft cache [1, KV, S, D]
+        self.draft_forwards = 0
+
+    def _propose(self, feats, tokens, pending_from: int, n: int) -> list[_Node]:
+        """The nodes to verify after x_n; `feats` are the target features of positions
+        pending_from .. n-1, which the draft has not seen yet."""
+        self._dk, self._dv, h_last, logits_last = self._catch_up(
+            feats, tokens, pending_from, self._dk, self._dv)
+        dk, dv = self._dk, self._dv
+        if self.tree and self._sampling is None:
+            return self._draft_tree(dk, dv, h_last, logits_last, n)
+        if self.tree:
+            return self._draft_tree_sampled(dk, dv, h_last, logits_last, n)
+        return self._draft_chain(dk, dv, h_last, logits_last, n)
+
+    def _observe(self, accepted: int, seconds: float) -> None:
+        """Verifier feedback of one round (tokens gained, draft + verify seconds); a hook for
+        adaptive drafters."""
 
     def _pick(self, logits: torch.Tensor) -> int:
         if self._sampling is None:
@@ -197,6 +219,7 @@ class SpeculativeDecoder:
         mask[:, n_prev:] = torch.ones(m, m, dtype=torch.bool, device=dev).tril()
         hidden = d.fuse(feats[None].to(d.fc.weight.dtype))
         logits, h, k, v = d.step(hidden, ids, pos, dk, dv, mask[None, None])
+        self.draft_forwards += 1
         dk = k if dk is None else torch.cat([dk, k], dim=2)
         dv = v if dv is None else torch.cat([dv, v], dim=2)
         return dk, dv, h[:, -1:], logits[0, -1]
@@ -224,6 +247,7 @@ class SpeculativeDecoder:
             pv = dv if cv is None else torch.cat([dv, cv], dim=2)
             logits, h, k, v = d.step(h, torch.tensor([[token]], device=dev),
                                      torch.tensor([[n - 1 + j]], device=dev), pk, pv, None)
+            self.draft_forwards += 1
             logits = logits[0, -1]
             ck = k if ck is None else torch.cat([ck, k], dim=2)
             cv = v if cv is None else torch.cat([cv, v], dim=2)
@@ -260,6 +284,7 @@ class SpeculativeDecoder:
             mask[:, prefix + expanded:] = torch.eye(f, dtype=torch.bool, device=dev)
             out_logits, h, k, v = d.step(f_hidden, ids, pos, torch.cat(keys, 2),
                                          torch.cat(values, 2), mask[None, None])
+            self.draft_forwards += 1
             keys.append(k)
             values.append(v)
             anc = torch.cat([anc, torch.eye(f, dtype=torch.bool, device=dev)], dim=1)
@@ -332,6 +357,7 @@ class SpeculativeDecoder:
             tokens = d.to_target_ids(level_ids[pick])[None]
             out_logits, h, k, v = d.step(level_hidden[:, pick], tokens, pos, torch.cat(keys, 2),
                                          torch.cat(values, 2), mask[None, None])
+            self.draft_forwards += 1
             keys.append(k)
             values.append(v)
             q, ids = draw(out_logits[0])

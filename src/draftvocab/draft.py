@@ -201,23 +201,16 @@ def identity_mapping(vocab_size: int) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.zeros(vocab_size, dtype=torch.long), torch.ones(vocab_size, dtype=torch.bool)
 
 
-class Eagle3Draft(nn.Module):
-    """EAGLE-3 draft over a k-token vocabulary; `d2t` maps its ids to the target's.
-
-    One step: `logits, hidden_out, k, v = draft.step(hidden, ids, positions, past_k, past_v,
-    mask)` where `hidden` is `draft.fuse(target_hidden)` for positions the target has seen and
-    the previous step's `hidden_out` while drafting ahead.
-    """
+class DraftBase(nn.Module):
+    """What every draft here shares: a k-row vocabulary mapped to the target's by d2t/t2d, the
+    target's frozen token embedding (kept out of state_dict(), so checkpoints omit it), and the
+    fc fusion of the three captured target layers."""
 
     def __init__(self, config: DraftConfig, embed_tokens: nn.Embedding,
                  d2t: torch.Tensor | None = None, t2d: torch.Tensor | None = None):
         super().__init__()
         c = config
         self.config = c
-        self.fc = nn.Linear(3 * c.target_hidden_size, c.hidden_size, bias=False)
-        self.midlayer = MidLayer(c)
-        self.norm = RMSNorm(c.hidden_size, c.rms_norm_eps)
-        self.lm_head = nn.Linear(c.hidden_size, c.draft_vocab_size, bias=False)
         if d2t is None or t2d is None:
             if c.draft_vocab_size != c.vocab_size:
                 raise DraftVocabError("a trimmed draft (k < V) needs its d2t/t2d mapping")
@@ -225,12 +218,12 @@ class Eagle3Draft(nn.Module):
         check_mapping(d2t, t2d, c.draft_vocab_size, c.vocab_size)
         self.register_buffer("d2t", d2t.to(torch.long).clone())
         self.register_buffer("t2d", t2d.to(torch.bool).clone())
-        # Frozen, shared with the target; kept out of state_dict() so checkpoints omit it.
         self._embed = [embed_tokens]
         if embed_tokens.embedding_dim != c.hidden_size:
             raise DraftVocabError(
                 f"draft hidden_size {c.hidden_size} != target embedding width "
                 f"{embed_tokens.embedding_dim}")
+        self.fc = nn.Linear(3 * c.target_hidden_size, c.hidden_size, bias=False)
 
     @property
     def embed_tokens(self) -> nn.Embedding:
@@ -238,12 +231,6 @@ class Eagle3Draft(nn.Module):
 
     def fuse(self, target_hidden: torch.Tensor) -> torch.Tensor:
         return self.fc(target_hidden)
-
-    def step(self, hidden, input_ids, positions, past_k=None, past_v=None, mask=None):
-        with torch.no_grad():
-            embeds = self.embed_tokens(input_ids).to(hidden.dtype)
-        h, k, v = self.midlayer(embeds, hidden, positions, past_k, past_v, mask)
-        return self.lm_head(self.norm(h)), h, k, v
 
     def to_target_ids(self, draft_ids: torch.Tensor) -> torch.Tensor:
         return draft_ids + self.d2t[draft_ids]
@@ -255,6 +242,29 @@ class Eagle3Draft(nn.Module):
         ids[self.to_target_ids(torch.arange(k, device=self.d2t.device))] = torch.arange(
             k, device=self.d2t.device)
         return ids
+
+
+class Eagle3Draft(DraftBase):
+    """EAGLE-3 draft over a k-token vocabulary; `d2t` maps its ids to the target's.
+
+    One step: `logits, hidden_out, k, v = draft.step(hidden, ids, positions, past_k, past_v,
+    mask)` where `hidden` is `draft.fuse(target_hidden)` for positions the target has seen and
+    the previous step's `hidden_out` while drafting ahead.
+    """
+
+    def __init__(self, config: DraftConfig, embed_tokens: nn.Embedding,
+                 d2t: torch.Tensor | None = None, t2d: torch.Tensor | None = None):
+        super().__init__(config, embed_tokens, d2t, t2d)
+        c = config
+        self.midlayer = MidLayer(c)
+        self.norm = RMSNorm(c.hidden_size, c.rms_norm_eps)
+        self.lm_head = nn.Linear(c.hidden_size, c.draft_vocab_size, bias=False)
+
+    def step(self, hidden, input_ids, positions, past_k=None, past_v=None, mask=None):
+        with torch.no_grad():
+            embeds = self.embed_tokens(input_ids).to(hidden.dtype)
+        h, k, v = self.midlayer(embeds, hidden, positions, past_k, past_v, mask)
+        return self.lm_head(self.norm(h)), h, k, v
 
 
 def check_mapping(d2t: torch.Tensor, t2d: torch.Tensor, k: int, vocab_size: int) -> None:
@@ -295,7 +305,11 @@ def read_config(path: str | os.PathLike) -> DraftConfig:
     if not cfg_file.is_file():
         raise DraftVocabError(f"{path} is not a draft checkpoint (no config.json)")
     try:
-        return DraftConfig.from_hf(json.loads(cfg_file.read_text()))
+        d = json.loads(cfg_file.read_text())
+        if isinstance(d, dict) and d.get("drafter") == "specblock":
+            from draftvocab.specblock import SpecBlockConfig
+            return SpecBlockConfig.from_hf(d)
+        return DraftConfig.from_hf(d)
     except (json.JSONDecodeError, TypeError, ValueError, AttributeError) as exc:
         raise DraftVocabError(f"{cfg_file}: not a valid draft config ({exc})") from None
 
@@ -318,10 +332,26 @@ def read_state(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         raise DraftVocabError(f"{path} is not a draft checkpoint (no model.safetensors)")
     state = load_tensor_file(weights)
     expected = {"fc.weight", "norm.weight", "lm_head.weight", "d2t", "t2d"}
-    if not expected <= state.keys() or not any(k.startswith("midlayer.") for k in state):
-        raise DraftVocabError(f"{weights} is not an EAGLE-3 draft (missing "
-                              f"{sorted(expected - state.keys()) or ['midlayer.*']})")
+    layer = "layers." if is_specblock(read_config(path)) else "midlayer."
+    if not expected <= state.keys() or not any(k.startswith(layer) for k in state):
+        raise DraftVocabError(f"{weights} is not {_kind(layer)} draft (missing "
+                              f"{sorted(expected - state.keys()) or [layer + '*']})")
     return state
+
+
+def _kind(layer_prefix: str) -> str:
+    return "a SpecBlock" if layer_prefix == "layers." else "an EAGLE-3"
+
+
+def is_specblock(config: DraftConfig) -> bool:
+    return getattr(config, "block_size", None) is not None
+
+
+def require_eagle3(config: DraftConfig, what: str) -> None:
+    """SpecBlock drafts run in this engine only: SpecForge/SGLang/vLLM serve EAGLE-3."""
+    if is_specblock(config):
+        raise DraftVocabError(f"{what} needs an EAGLE-3 draft; this is a SpecBlock draft, which "
+                              "only draftvocab's own decoder runs")
 
 
 def check_fits(config: DraftConfig, target) -> None:
@@ -341,13 +371,16 @@ def check_fits(config: DraftConfig, target) -> None:
     raise DraftVocabError(f"draft does not fit the target: {why}")
 
 
-def load_draft(path: str | os.PathLike, target, *, dtype=None) -> Eagle3Draft:
+def load_draft(path: str | os.PathLike, target, *, dtype=None) -> DraftBase:
     """Load a draft checkpoint for `target`; mismatches are one clear error, not a traceback."""
     path = Path(path)
     config = read_config(path)
     check_fits(config, target)
     state = read_state(path)
-    draft = Eagle3Draft(config, target.model.get_input_embeddings(), state["d2t"], state["t2d"])
+    cls = Eagle3Draft
+    if is_specblock(config):
+        from draftvocab.specblock import SpecBlockDraft as cls
+    draft = cls(config, target.model.get_input_embeddings(), state["d2t"], state["t2d"])
     try:
         draft.load_state_dict(state, strict=True)
     except RuntimeError as exc:

@@ -172,9 +172,10 @@ def _torch_bytes(obj: Any) -> bytes:
 
 
 def _load_ours(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
-    from draftvocab.draft import check_mapping, read_config, read_state
+    from draftvocab.draft import check_mapping, read_config, read_state, require_eagle3
 
     config = read_config(path)
+    require_eagle3(config, "exporting or retrofitting")
     state = read_state(path)
     check_mapping(state["d2t"], state["t2d"], config.draft_vocab_size, config.vocab_size)
     return config.to_hf(), state

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from draftvocab.atomic import atomic_directory, atomic_write
-from draftvocab.draft import DraftConfig, Eagle3Draft, save_draft, write_draft_files
+from draftvocab.draft import DraftBase, DraftConfig, Eagle3Draft, save_draft, write_draft_files
 from draftvocab.errors import DraftVocabError
 
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
@@ -35,6 +35,9 @@ STATE_JSON = "trainer_state.json"
 STATE_TENSORS = "trainer_state.safetensors"
 LOG_NAME = "train_log.json"
 DTYPES = ("fp32", "bf16")  # bf16: torch.autocast around the draft
+DRAFTERS = ("eagle3", "specblock")
+SPECBLOCK_FIELDS = ("drafter", "block_size", "draft_layers", "shift", "inherit", "rank_head",
+                    "valid_prefix", "rank_weight")
 
 
 @dataclass
@@ -54,6 +57,15 @@ class TrainConfig:
     dtype: str = "fp32"  # fp32 | bf16 (torch.autocast)
     save_every: int = 0  # 0: only the final draft
     seed: int = 0
+    # SpecBlock (drafter="specblock"; specblock.py). ttt_steps is EAGLE-3's only.
+    drafter: str = "eagle3"  # eagle3 | specblock
+    block_size: int = 4
+    draft_layers: int = 2
+    shift: bool = True
+    inherit: bool = True
+    rank_head: bool = True
+    valid_prefix: bool = True
+    rank_weight: float = 1.0
 
     def check(self) -> None:
         positive = {"ttt_steps": self.ttt_steps, "batch_size": self.batch_size,
@@ -69,6 +81,10 @@ class TrainConfig:
             bad.append(f"save_every must be >= 0, got {self.save_every}")
         if not 0 < self.step_decay <= 1:
             bad.append(f"step_decay must be in (0, 1], got {self.step_decay}")
+        if self.drafter not in DRAFTERS:
+            bad.append(f"drafter must be one of {', '.join(DRAFTERS)}, got {self.drafter}")
+        if self.block_size < 1 or self.draft_layers < 1:
+            bad.append("block_size and draft_layers must be >= 1")
         if self.dtype not in DTYPES:
             bad.append(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype}")
         if bad:
@@ -162,17 +178,28 @@ def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
 
 
 def build_draft(target, d2t: torch.Tensor | None = None, t2d: torch.Tensor | None = None,
-                seed: int = 0) -> Eagle3Draft:
-    """A fresh draft for `target`; k = len(d2t), or the full vocabulary without a mapping.
+                seed: int = 0, config: TrainConfig | None = None) -> DraftBase:
+    """A fresh draft for `target`; k = len(d2t), or the full vocabulary without a mapping;
+    EAGLE-3 unless `config.drafter` says specblock.
 
     lm_head starts as the target's LM-head rows of the kept ids and the final norm as the
     target's final norm: the draft's hidden states live in the target's space, so this is a
     good, standard start. Everything else uses PyTorch's default init under `seed`.
     """
     k = int(d2t.numel()) if d2t is not None else target.vocab_size
-    config = DraftConfig.for_target(target, k)
+    dc = DraftConfig.for_target(target, k)
     torch.manual_seed(seed)
-    draft = Eagle3Draft(config, target.model.get_input_embeddings(), d2t, t2d)
+    if config is not None and config.drafter == "specblock":
+        from dataclasses import asdict as fields_of
+
+        from draftvocab.specblock import SpecBlockConfig, SpecBlockDraft
+        dc = SpecBlockConfig(**fields_of(dc), block_size=config.block_size,
+                             num_layers=config.draft_layers, shift=config.shift,
+                             inherit=config.inherit, rank_head=config.rank_head)
+        draft = SpecBlockDraft(dc, target.model.get_input_embeddings(), d2t, t2d)
+    else:
+        draft = Eagle3Draft(dc, target.model.get_input_embeddings(), d2t, t2d)
+    config = dc
     kept = draft.to_target_ids(torch.arange(k))
     head = target.model.get_output_embeddings()
     with torch.no_grad():
@@ -309,7 +336,7 @@ def latest_checkpoint(out: str | os.PathLike) -> Path | None:
     return max(found)[1] if found else None
 
 
-def _save_draft_into(draft: Eagle3Draft, directory: Path) -> None:
+def _save_draft_into(draft: DraftBase, directory: Path) -> None:
     """The final draft's two files into the run directory, which also holds checkpoints and the
     log and so is not replaced whole: written complete beside it, then renamed in, weights
     first (a config never announces weights that are not there yet)."""
@@ -345,7 +372,7 @@ def _fingerprint(examples: Sequence[Example], d2t: torch.Tensor) -> str:
     return h.hexdigest()[:16]
 
 
-def save_checkpoint(path: Path, draft: Eagle3Draft, opt: torch.optim.Optimizer,
+def save_checkpoint(path: Path, draft: DraftBase, opt: torch.optim.Optimizer,
                     state: dict[str, Any]) -> Path:
     """checkpoint-<step>/: the draft (save_draft) + trainer_state.{json,safetensors}."""
     from safetensors.torch import save_file
@@ -359,7 +386,7 @@ def save_checkpoint(path: Path, draft: Eagle3Draft, opt: torch.optim.Optimizer,
     return path
 
 
-def _load_checkpoint(path: Path, draft: Eagle3Draft, opt: torch.optim.Optimizer
+def _load_checkpoint(path: Path, draft: DraftBase, opt: torch.optim.Optimizer
                      ) -> dict[str, Any]:
     from safetensors.torch import load_file
 
@@ -376,6 +403,31 @@ def _load_checkpoint(path: Path, draft: Eagle3Draft, opt: torch.optim.Optimizer
 
 
 # --- the loop ------------------------------------------------------------------------------------
+
+
+def _label_steps(config: TrainConfig) -> int:
+    """Label rows needed: TTT steps, or two SpecBlock blocks (block 2 reaches row 2K-1)."""
+    return config.ttt_steps if config.drafter == "eagle3" else 2 * config.block_size
+
+
+def _objective(draft, hidden, batch, labels, config: TrainConfig, step: int, autocast
+               ) -> tuple[torch.Tensor, dict[str, Any]]:
+    """The drafter's forward + loss; returns the loss and its log fields."""
+    if config.drafter == "specblock":
+        from draftvocab.specblock import block_forward, block_loss
+
+        j = step % config.block_size  # block 2's anchor row: every row in turn, resumable
+        with autocast:
+            rows = block_forward(draft, hidden, batch.ids, batch.lengths, j)
+        loss, fields = block_loss(draft, rows, labels, batch, step_decay=config.step_decay,
+                                  valid_prefix=config.valid_prefix,
+                                  rank_weight=config.rank_weight, inherit_from=j)
+        return loss, {**fields, "inherit_from": j}
+    with autocast:
+        step_logits = ttt_forward(draft, hidden, batch.ids, batch.lengths, config.ttt_steps)
+    loss, losses, correct, counted = ttt_loss(step_logits, labels, config.step_decay)
+    return loss, {"step_loss": losses, "positions": counted[0],
+                  "acc": [c / n if n else None for c, n in zip(correct, counted, strict=True)]}
 
 Progress = Callable[[int, int, dict[str, Any]], None]
 
@@ -400,7 +452,7 @@ def train_draft(target, examples: Sequence[Example], out: str | os.PathLike, *,
     if not examples:
         raise DraftVocabError("no training examples (every conversation was skipped)")
     out = Path(out)
-    draft = build_draft(target, d2t, t2d, seed=config.seed)
+    draft = build_draft(target, d2t, t2d, seed=config.seed, config=config)
     batches_per_epoch = math.ceil(len(examples) / config.batch_size)
     total = config.max_steps or config.epochs * batches_per_epoch
     warmup = (config.warmup_steps if config.warmup_steps is not None
@@ -411,6 +463,9 @@ def train_draft(target, examples: Sequence[Example], out: str | os.PathLike, *,
     # Everything the result depends on; a resumed run must match it exactly.
     identity = {**asdict(config), "save_every": None, "total_steps": total, "warmup": warmup,
                 "data": fingerprint, "examples": len(examples)}
+    if config.drafter == "eagle3":  # checkpoints from before SpecBlock existed still resume
+        for name in SPECBLOCK_FIELDS:
+            identity.pop(name)
     step, log, resumed_from = 0, [], None
     checkpoint = latest_checkpoint(out)
     if checkpoint is not None and not resume:
@@ -442,15 +497,13 @@ def train_draft(target, examples: Sequence[Example], out: str | os.PathLike, *,
                       batch.lengths.to(target.device))
         t0 = time.perf_counter()
         target_out = target.forward(batch.ids, use_cache=False)
-        labels = ttt_targets(target_out.logits, batch, t2d_dev, config.ttt_steps)
+        labels = ttt_targets(target_out.logits, batch, t2d_dev, _label_steps(config))
         hidden = target_out.hidden.float()
         del target_out
         lr = lr_at(step, total, warmup, config.lr)
         for group in opt.param_groups:
             group["lr"] = lr
-        with autocast:
-            step_logits = ttt_forward(draft, hidden, batch.ids, batch.lengths, config.ttt_steps)
-        loss, losses, correct, counted = ttt_loss(step_logits, labels, config.step_decay)
+        loss, fields = _objective(draft, hidden, batch, labels, config, step, autocast)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(draft.parameters(), config.grad_clip)
@@ -458,9 +511,7 @@ def train_draft(target, examples: Sequence[Example], out: str | os.PathLike, *,
         step += 1
         done_here += 1
         entry = {"step": step, "epoch": epoch, "lr": lr, "loss": float(loss.detach()),
-                 "step_loss": losses, "grad_norm": float(grad_norm),
-                 "acc": [c / n if n else None for c, n in zip(correct, counted, strict=True)],
-                 "positions": counted[0], "seconds": time.perf_counter() - t0}
+                 **fields, "grad_norm": float(grad_norm), "seconds": time.perf_counter() - t0}
         log.append(entry)
         if config.save_every and step % config.save_every == 0 and step < total:
             path = save_checkpoint(out / f"checkpoint-{step}", draft, opt,
