@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from draftvocab.draft import DraftBase, DraftConfig, MidLayer, RMSNorm
+from draftvocab.errors import DraftVocabError
 
 ARCHITECTURE = "SpecBlockDraft"
 RANK_CLASSES = ("1", "2-4", "5-10", ">10")
@@ -72,7 +73,6 @@ class SpecBlockDraft(DraftBase):
         super().__init__(config, embed_tokens, d2t, t2d)
         c = config
         if c.block_size < 1 or c.num_layers < 1:
-            from draftvocab.errors import DraftVocabError
             raise DraftVocabError("SpecBlock needs block_size >= 1 and num_layers >= 1")
         self.queries = nn.Parameter(torch.randn(max(c.block_size - 1, 0), c.hidden_size) * 0.02)
         self.layers = nn.ModuleList(MidLayer(c) for _ in range(c.num_layers))
@@ -222,6 +222,7 @@ def block_loss(draft: SpecBlockDraft, rows, labels, batch, *, step_decay: float,
         n_pos = t - 1 - s
         if n_pos <= 0:
             log["step_loss"].append(0.0)
+            log["kept"].append(None)
             (log["acc"] if i < k else log["acc2"]).append(None)
             continue
         plain = labels.masks[s].clone()
