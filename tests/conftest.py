@@ -65,6 +65,17 @@ def make_tiny_target(seed: int = 0, dtype=None, layers=None, **overrides):
     return Target(model, tok, layers)
 
 
+def make_peaked_target():
+    """The 49k-vocabulary tiny target with peaked distributions (a scaled, untied LM head), so
+    a draft has something to learn; the default init is nearly uniform over 49k tokens."""
+    import torch
+
+    t = make_tiny_target(tie_word_embeddings=False)
+    with torch.no_grad():
+        t.model.lm_head.weight.mul_(30.0)
+    return t
+
+
 @pytest.fixture(scope="session")
 def tiny_target():
     return make_tiny_target()

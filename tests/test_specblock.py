@@ -25,7 +25,7 @@ from draftvocab.train import (
     latest_checkpoint,
     train_draft,
 )
-from tests.conftest import make_tiny_target
+from tests.conftest import make_peaked_target, make_tiny_target
 
 V = 8
 CONVERSATIONS = [
@@ -180,11 +180,7 @@ def test_ablation_switches(target):
 
 @pytest.fixture(scope="module")
 def big_target():
-    """The 49k-vocabulary tiny target with a peaked head (something to learn)."""
-    t = make_tiny_target(tie_word_embeddings=False)
-    with torch.no_grad():
-        t.model.lm_head.weight.mul_(30.0)
-    return t
+    return make_peaked_target()
 
 
 @pytest.fixture(scope="module")

@@ -25,7 +25,7 @@ from draftvocab.train import (
     ttt_loss,
     ttt_targets,
 )
-from tests.conftest import make_tiny_target
+from tests.conftest import make_peaked_target, make_tiny_target
 
 CONVERSATIONS = [
     [{"role": "system", "content": "Be brief."},
@@ -39,12 +39,7 @@ CONVERSATIONS = [
 
 @pytest.fixture(scope="module")
 def target():
-    """A tiny random target whose distributions are peaked (a scaled, untied LM head), so the
-    draft has something to learn; the default init is nearly uniform over 49k tokens."""
-    t = make_tiny_target(tie_word_embeddings=False)
-    with torch.no_grad():
-        t.model.lm_head.weight.mul_(30.0)
-    return t
+    return make_peaked_target()
 
 
 @pytest.fixture(scope="module")

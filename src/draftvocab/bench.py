@@ -153,7 +153,7 @@ def summarise(rows, names, runs, mismatches, max_new_tokens) -> dict[str, Any]:
                     agg = per_run[r["run"]]
                     for key in ("tokens", "seconds", "target_forwards", "accepted",
                                 "draft_seconds", "target_seconds", "draft_forwards"):
-                        agg[key] += r.get(key, 0)
+                        agg[key] += r[key]
                     agg["requests"] += 1
             tps = [a["tokens"] / a["seconds"] for a in per_run.values()]
             lat = [a["seconds"] / a["requests"] for a in per_run.values()]
@@ -190,7 +190,7 @@ def markdown(report: dict[str, Any]) -> str:
             (tps, tps_ci), (tau, tau_ci) = s["tokens_per_s"], s["accept_length"]
             (lat, lat_ci), (share, _) = s["latency_s"], s["draft_share"]
             label = f"**{cat}**" if cat == "overall" else cat
-            fwd = s.get("draft_forwards_per_token", (0.0, 0.0))[0]
+            fwd = s["draft_forwards_per_token"][0]
             lines.append(f"| {label} | {name} | {tps:.1f} ± {tps_ci:.1f} | {s['speedup']:.2f}× | "
                          f"{tau:.2f} ± {tau_ci:.2f} | {lat:.2f} ± {lat_ci:.2f} | "
                          f"{share:.0%} | {fwd:.2f} |")

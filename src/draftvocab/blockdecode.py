@@ -42,6 +42,8 @@ class SpecBlockDecoder(SpeculativeDecoder):
     feedback; `draft_forwards` counts drafter calls of the last generate().
     """
 
+    drafts_blocks = True
+
     def __init__(self, target, draft, *, blocks: int = 2, width: int = 2, branch: int = 4,
                  policy: str = "rank", total_tokens: int = 32, min_gain: float = 0.1,
                  bandit=None):
@@ -57,7 +59,6 @@ class SpecBlockDecoder(SpeculativeDecoder):
         self.min_gain = min_gain
         self.bandit = bandit
         self._arm = None
-        self.draft_forwards = 0
 
     def _reset_draft(self) -> None:
         self._ctx = None  # per layer (k, v) of the real rows
@@ -106,9 +107,7 @@ class SpecBlockDecoder(SpeculativeDecoder):
         tree_kv = [(kv[0][:, :, m:], kv[1][:, :, m:]) for kv in kvs]
         h_block = out[0, m - 1:]  # [K, d]: block 1's rows
         # Ancestors of block-1 row j among tree rows: query rows 1..j (row 0 is a real row).
-        anc = torch.zeros(kk, q_rows, dtype=torch.bool, device=dev)
-        for j in range(1, kk):
-            anc[j, :j] = True
+        anc = torch.ones(kk, q_rows, dtype=torch.bool, device=dev).tril(-1)
         nodes: list[_Node] = []
         scores: list[float] = []
         node_rows: list[tuple[torch.Tensor, torch.Tensor]] = []  # (hidden, ancestors) per node
@@ -125,7 +124,6 @@ class SpecBlockDecoder(SpeculativeDecoder):
             leaves.sort(key=lambda i: -scores[i])
             anchors = leaves[: self.width]
             f = len(anchors)
-            tree_kv[0][0].shape[2]
             a_hidden = torch.stack([node_rows[i][0] for i in anchors])  # [f, d]
             if not d.config.inherit:
                 a_hidden = root_hidden[0].expand(f, -1)

@@ -82,13 +82,16 @@ class SpeculativeDecoder:
     >>> res.tokens, res.mean_accept_length
     """
 
+    drafts_blocks = False  # which drafter kind _propose() drives (SpecBlockDecoder: True)
+
     def __init__(self, target, draft=None, *, tree: bool = True, depth: int = 6,
                  topk: int = 8, total_tokens: int = 32, gamma: int = 5):
         if draft is not None:
             from draftvocab.draft import is_specblock
-            if is_specblock(draft.config) and not hasattr(self, "_expand"):
-                raise DraftVocabError("a SpecBlock draft needs blockdecode.SpecBlockDecoder "
-                                      "(or blockdecode.decoder_for)")
+            if is_specblock(draft.config) != self.drafts_blocks:
+                raise DraftVocabError(
+                    "a SpecBlock draft needs blockdecode.SpecBlockDecoder and an EAGLE-3 draft "
+                    "SpeculativeDecoder (blockdecode.decoder_for picks the right one)")
             check_fits(draft.config, target)
             k = draft.config.draft_vocab_size
             self._draft_ids = draft.to_target_ids(torch.arange(k, device=draft.d2t.device))

@@ -323,7 +323,8 @@ def aux_layers(paths) -> tuple[int, ...] | None:
     return found.pop() if found else None
 
 
-def read_state(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+def read_state(path: str | os.PathLike, config: DraftConfig | None = None
+               ) -> dict[str, torch.Tensor]:
     """The weights of a draft checkpoint directory, checked to hold an EAGLE-3 draft."""
     from draftvocab.mapping import load_tensor_file
 
@@ -332,15 +333,12 @@ def read_state(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         raise DraftVocabError(f"{path} is not a draft checkpoint (no model.safetensors)")
     state = load_tensor_file(weights)
     expected = {"fc.weight", "norm.weight", "lm_head.weight", "d2t", "t2d"}
-    layer = "layers." if is_specblock(read_config(path)) else "midlayer."
+    specblock = is_specblock(config if config is not None else read_config(path))
+    layer, kind = ("layers.", "a SpecBlock") if specblock else ("midlayer.", "an EAGLE-3")
     if not expected <= state.keys() or not any(k.startswith(layer) for k in state):
-        raise DraftVocabError(f"{weights} is not {_kind(layer)} draft (missing "
+        raise DraftVocabError(f"{weights} is not {kind} draft (missing "
                               f"{sorted(expected - state.keys()) or [layer + '*']})")
     return state
-
-
-def _kind(layer_prefix: str) -> str:
-    return "a SpecBlock" if layer_prefix == "layers." else "an EAGLE-3"
 
 
 def is_specblock(config: DraftConfig) -> bool:
@@ -376,7 +374,7 @@ def load_draft(path: str | os.PathLike, target, *, dtype=None) -> DraftBase:
     path = Path(path)
     config = read_config(path)
     check_fits(config, target)
-    state = read_state(path)
+    state = read_state(path, config)
     cls = Eagle3Draft
     if is_specblock(config):
         from draftvocab.specblock import SpecBlockDraft as cls

@@ -176,7 +176,7 @@ def _load_ours(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
 
     config = read_config(path)
     require_eagle3(config, "exporting or retrofitting")
-    state = read_state(path)
+    state = read_state(path, config)
     check_mapping(state["d2t"], state["t2d"], config.draft_vocab_size, config.vocab_size)
     return config.to_hf(), state
 

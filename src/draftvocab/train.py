@@ -189,21 +189,20 @@ def build_draft(target, d2t: torch.Tensor | None = None, t2d: torch.Tensor | Non
     k = int(d2t.numel()) if d2t is not None else target.vocab_size
     dc = DraftConfig.for_target(target, k)
     torch.manual_seed(seed)
+    embed = target.model.get_input_embeddings()
     if config is not None and config.drafter == "specblock":
-        from dataclasses import asdict as fields_of
-
         from draftvocab.specblock import SpecBlockConfig, SpecBlockDraft
-        dc = SpecBlockConfig(**fields_of(dc), block_size=config.block_size,
+
+        dc = SpecBlockConfig(**asdict(dc), block_size=config.block_size,
                              num_layers=config.draft_layers, shift=config.shift,
                              inherit=config.inherit, rank_head=config.rank_head)
-        draft = SpecBlockDraft(dc, target.model.get_input_embeddings(), d2t, t2d)
+        draft = SpecBlockDraft(dc, embed, d2t, t2d)
     else:
-        draft = Eagle3Draft(dc, target.model.get_input_embeddings(), d2t, t2d)
-    config = dc
+        draft = Eagle3Draft(dc, embed, d2t, t2d)
     kept = draft.to_target_ids(torch.arange(k))
     head = target.model.get_output_embeddings()
     with torch.no_grad():
-        if head is not None and head.weight.shape == (target.vocab_size, config.hidden_size):
+        if head is not None and head.weight.shape == (target.vocab_size, dc.hidden_size):
             draft.lm_head.weight.copy_(head.weight[kept].float())
         norm = getattr(getattr(target.model, "model", None), "norm", None)
         weight = getattr(norm, "weight", None)
