@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
@@ -74,6 +75,29 @@ def make_peaked_target():
     with torch.no_grad():
         t.model.lm_head.weight.mul_(30.0)
     return t
+
+
+def exact_joint(target, prompt, n, temperature, top_p=1.0):
+    """p(x1..xn | prompt) for every continuation, by enumeration (tiny vocabularies only):
+    the reference a sampled decoder's output frequencies are tested against."""
+    import itertools
+
+    import torch
+
+    from draftvocab.decode import _sampling_probs
+
+    conts = torch.tensor(list(itertools.product(range(target.vocab_size), repeat=n)))
+    seqs = torch.cat([torch.tensor(prompt).expand(len(conts), -1), conts], dim=1)
+    with torch.no_grad():
+        logits = target.model(seqs).logits[:, len(prompt) - 1: -1].double()
+    logp = _sampling_probs(logits, temperature, top_p).log()
+    lp = logp.gather(-1, conts[..., None])[..., 0].sum(-1)
+    return {tuple(c.tolist()): float(p) for c, p in zip(conts, lp.exp(), strict=True)}
+
+
+def chi2_critical(df: int, z: float = 3.09) -> float:
+    """Upper 0.1 % point of chi-square (Wilson-Hilferty)."""
+    return df * (1 - 2 / (9 * df) + z * math.sqrt(2 / (9 * df))) ** 3
 
 
 @pytest.fixture(scope="session")

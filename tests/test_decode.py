@@ -4,16 +4,15 @@ target's distribution (chi-square against the exact distribution)."""
 
 from __future__ import annotations
 
-import math
 from collections import Counter
 
 import pytest
 import torch
 
-from draftvocab.decode import SpeculativeDecoder, _sampling_probs
+from draftvocab.decode import SpeculativeDecoder
 from draftvocab.draft import DraftConfig, Eagle3Draft
 from draftvocab.errors import DraftVocabError
-from tests.conftest import make_tiny_target
+from tests.conftest import chi2_critical, exact_joint, make_tiny_target
 
 V = 8  # a tiny vocabulary: random drafts then agree with the target often enough to accept
 KEEP = [0, 1, 2, 4, 5, 7]  # trimmed draft vocabulary (k = 6): ids 3 and 6 only via rejection
@@ -126,30 +125,12 @@ def test_stops_at_eos_and_max_new_tokens():
                                                                stop_at_eos=False).tokens) == 7
 
 
-def _exact_joint(target, prompt, n, temperature, top_p=1.0):
-    """p(x1..xn | prompt) for every continuation, by enumeration."""
-    import itertools
-
-    conts = torch.tensor(list(itertools.product(range(V), repeat=n)))
-    seqs = torch.cat([torch.tensor(prompt).expand(len(conts), -1), conts], dim=1)
-    with torch.no_grad():
-        logits = target.model(seqs).logits[:, len(prompt) - 1: -1].double()
-    logp = _sampling_probs(logits, temperature, top_p).log()
-    lp = logp.gather(-1, conts[..., None])[..., 0].sum(-1)
-    return {tuple(c.tolist()): float(p) for c, p in zip(conts, lp.exp())}
-
-
-def _chi2_critical(df: int, z: float = 3.09) -> float:
-    """Upper 0.1 % point of chi-square (Wilson-Hilferty)."""
-    return df * (1 - 2 / (9 * df) + z * math.sqrt(2 / (9 * df))) ** 3
-
-
 @pytest.mark.parametrize("keep, tree, top_p", [(KEEP, False, 1.0), (None, False, 1.0),
                                                 (KEEP, True, 1.0), (None, True, 0.9)],
                          ids=["trimmed-chain", "full-chain", "trimmed-tree", "full-tree-top_p"])
 def test_sampling_follows_the_targets_distribution(target, keep, tree, top_p):
     prompt, n, temperature, runs = [2, 7, 1], 3, 0.7, 600
-    exact = _exact_joint(target, prompt, n, temperature, top_p)
+    exact = exact_joint(target, prompt, n, temperature, top_p)
     # tree: 3 i.i.d. children of the root, each expanded into 3 more (12 nodes, depth 2)
     spec = SpeculativeDecoder(target, _draft(target, keep), tree=tree, gamma=2, depth=3, topk=3,
                               total_tokens=12)
@@ -168,7 +149,7 @@ def test_sampling_follows_the_targets_distribution(target, keep, tree, top_p):
         expected_pairs[seq[1:]] += p * runs
     cells = [k for k in expected_pairs if expected_pairs[k] >= 5]
     chi2 = sum((pairs[k] - expected_pairs[k]) ** 2 / expected_pairs[k] for k in cells)
-    assert chi2 < _chi2_critical(len(cells) - 1), chi2
+    assert chi2 < chi2_critical(len(cells) - 1), chi2
 
 
 def test_bad_inputs_are_clear_errors(target):

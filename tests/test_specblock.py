@@ -1,11 +1,12 @@
 """SpecBlock: the parallel training forward equals what the decoder computes row by row, greedy
 decoding is lossless for every policy and block count (with long acceptances forced by an
-oracle), the valid-prefix mask and rank classes do what they say, training saves, loads and
+oracle), sampled output follows the target's distribution (chi-square), the valid-prefix mask and rank classes do what they say, training saves, loads and
 resumes bit-exactly, and the CLI trains one."""
 
 from __future__ import annotations
 
 import json
+from collections import Counter
 
 import pytest
 import torch
@@ -25,7 +26,7 @@ from draftvocab.train import (
     latest_checkpoint,
     train_draft,
 )
-from tests.conftest import make_peaked_target, make_tiny_target
+from tests.conftest import chi2_critical, exact_joint, make_peaked_target, make_tiny_target
 
 V = 8
 CONVERSATIONS = [
@@ -159,6 +160,27 @@ def test_sampling_runs_and_follows_seed(target):
     a = dec.generate(_prompt(target), 20, temperature=0.8, seed=1, stop_at_eos=False)
     b = dec.generate(_prompt(target), 20, temperature=0.8, seed=1, stop_at_eos=False)
     assert a.tokens == b.tokens and len(a.tokens) == 20
+
+
+@pytest.mark.parametrize("keep", [None, [0, 1, 2, 4, 5, 7]], ids=["full", "trimmed"])
+def test_sampling_follows_the_targets_distribution(target, keep):
+    """Rejection sampling over a drafted block chain: (x2, x3) come from one speculative round
+    (x1 from the prefill), so their joint frequencies must match the target's exact one."""
+    prompt, n, temperature, runs = [2, 7, 1], 3, 0.7, 600
+    exact = exact_joint(target, prompt, n, temperature)
+    dec = SpecBlockDecoder(target, _draft(target, keep), blocks=2)
+    seen, accepted = Counter(), 0
+    for seed in range(runs):
+        res = dec.generate(prompt, n, temperature=temperature, seed=seed, stop_at_eos=False)
+        seen[tuple(res.tokens[1:])] += 1
+        accepted += max(res.accept_lengths) > 1
+    assert accepted > runs // 10  # drafted tokens were accepted, not only resampled
+    expected = Counter()
+    for seq, p in exact.items():
+        expected[seq[1:]] += p * runs
+    cells = [k for k in expected if expected[k] >= 5]
+    chi2 = sum((seen[k] - expected[k]) ** 2 / expected[k] for k in cells)
+    assert chi2 < chi2_critical(len(cells) - 1), chi2
 
 
 def test_rank_class_edges():
