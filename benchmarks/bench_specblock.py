@@ -12,7 +12,7 @@ the whole stream) sees the shift; "static" is the arm with the best tok/s on mix
 mix B. With --shift-only the run is just that experiment (plain, the arms and the bandit), for
 a draft trained on mix A's answers:
 
-    python benchmarks/bench_specblock.py --shift-only --specblock runs/shift/sb-mixA \
+    python benchmarks/bench_specblock.py --shift-only --specblock runs/shift/sb-mixA \\
         --mix-a translation,math_reasoning,qa --per-category 4 --out runs/shift/bench
 
     python benchmarks/bench_specblock.py --eagle runs/draft-k6851 --specblock runs/sb/full \\
@@ -186,7 +186,8 @@ def main() -> None:
                  "bandit_arm_share_by_mix": arm_share_by_mix(bandit, marks, questions, mix_a,
                                                              args.runs)}
 
-    lines = ["## SpecBlock vs EAGLE-3", "",
+    title = "SpecBlock budgets under a shift" if args.shift_only else "SpecBlock vs EAGLE-3"
+    lines = [f"## {title}", "",
              (f"{args.runs} runs × {len(questions)} questions, {args.max_new_tokens} new tokens, "
              "mean ± 95 % CI; drafter ms are wall time of the drafting calls."), "",
              "| variant | tok/s | τ | drafter fwd/token | drafter ms/round | drafter ms/token |",
