@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from draftvocab.draft import check_fits
+from draftvocab.draft import check_fits, is_specblock
 from draftvocab.errors import DraftVocabError
 
 
@@ -87,7 +87,6 @@ class SpeculativeDecoder:
     def __init__(self, target, draft=None, *, tree: bool = True, depth: int = 6,
                  topk: int = 8, total_tokens: int = 32, gamma: int = 5):
         if draft is not None:
-            from draftvocab.draft import is_specblock
             if is_specblock(draft.config) != self.drafts_blocks:
                 raise DraftVocabError(
                     "a SpecBlock draft needs blockdecode.SpecBlockDecoder and an EAGLE-3 draft "
