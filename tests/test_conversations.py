@@ -74,7 +74,7 @@ def test_sharegpt_json_array_and_role_aliases(tmp_path):
     path.write_text(json.dumps(records, indent=2))
     got = list(read_conversations(path))
     assert [m["role"] for m in got[1].messages] == ["user", "assistant", "tool", "assistant"]
-    assert got[2].messages[1] == {"role": "assistant", "content": ""}
+    assert got[2].messages[1] == {"role": "assistant", "content": None}  # null stays null
     assert got[0].source == f"{path}:2"  # the line where the record opens
 
 
@@ -112,9 +112,12 @@ def test_role_map_and_unknown_role(tmp_path):
     with pytest.raises(DraftVocabError) as err:
         list(read_conversations(path))
     assert str(err.value) == (
-        f"unknown role 'narrator' in {path} line 3; "
-        "map it with --role-map narrator=user|assistant|system"
+        f"unknown role 'narrator' in messages[0] in {path} line 3; "
+        "map it with --role-map narrator=user|assistant|system|tool "
+        "(use --skip-bad-lines to skip and count such records)"
     )
+    reader = read_conversations(path, skip_bad_lines=True)
+    assert len(list(reader)) == 2 and reader.stats.skipped == {"unknown_role": 1}
     role_map = parse_role_map(["Narrator=user"])
     got = list(read_conversations(path, role_map=role_map))
     assert got[2].messages[0]["role"] == "user"
@@ -135,7 +138,10 @@ def test_content_parts(tmp_path):
     }
     path = write_jsonl(tmp_path / "data.jsonl", [record])
     assert next(iter(read_conversations(path))).messages[0]["content"] == "look at this"
-    for bad in ([{"text": "no type"}], ["plain"], 3, {"type": "text"}):
+    record["messages"][0]["content"] = ["plain ", {"type": "text", "text": "strings"}]
+    write_jsonl(path, [record])  # bare strings among parts are text (GLM's templates read them)
+    assert next(iter(read_conversations(path))).messages[0]["content"] == "plain strings"
+    for bad in ([{"text": "no type"}], [3], 3, {"type": "text"}):
         record["messages"][0]["content"] = bad
         write_jsonl(path, [record])
         with pytest.raises(

@@ -314,3 +314,52 @@ def test_load_corrupt_file_is_clear_error(tmp_path, kind):
     line = cli_error("merge", path, "--out", tmp_path / "merged.safetensors")
     assert words in line
     assert not (tmp_path / "merged.safetensors").exists()
+
+
+def test_merge_refuses_mixing_supervision_rules():
+    base = {"tokenizer": {"sha256": "t"}, "include_eot": True}
+    generated = TokenCounts(np.ones(10, dtype=np.int64), {
+        **base, "supervise": "generated", "leading_assistant": "drop"})
+    content = TokenCounts(np.ones(10, dtype=np.int64), {
+        **base, "supervise": "content", "leading_assistant": "drop"})
+    with pytest.raises(DraftVocabError, match="different supervise: generated vs content"):
+        merge_counts([generated, content])
+    legacy = TokenCounts(np.ones(10, dtype=np.int64), dict(base))  # before the rule existed
+    with pytest.raises(DraftVocabError, match="different supervise"):
+        merge_counts([generated, legacy])
+    keep = TokenCounts(np.ones(10, dtype=np.int64), {
+        **base, "supervise": "generated", "leading_assistant": "keep"})
+    with pytest.raises(DraftVocabError, match="different leading_assistant"):
+        merge_counts([generated, keep])
+    merged = merge_counts([generated, generated])
+    assert merged.metadata["supervise"] == "generated" and merged.total == 20
+
+
+def test_counts_record_the_rule_arguments_left_out_turns_and_token_strings(llama):
+    tok = llama
+    spans = ChatSpans(tok, template_kwargs={"date_string": "26 Jul 2024"})
+    convs = [[{"role": "assistant", "content": "Unprompted text here."},
+              {"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}]]
+    c = count_tokens(convs, spans, V, workers=1)
+    meta = c.metadata
+    assert (meta["supervise"], meta["leading_assistant"], meta["include_eot"]) == (
+        "generated", "drop", True)
+    assert meta["template_kwargs"] == spans.template_kwargs
+    left = len(tok.encode("Unprompted text here.", add_special_tokens=False)) + 1
+    assert meta["left_out"] == {"turns": 1, "tokens": left}
+    seen = np.flatnonzero(c.counts)
+    assert c.token_strings(seen) == tok.convert_ids_to_tokens(seen.tolist())
+    assert c.token_strings([0]) == [None] or 0 in seen
+
+
+def test_iter_supervised_yields_in_input_order_whatever_finishes_first(llama):
+    from draftvocab.conversations import Conversation
+    from draftvocab.counts import iter_supervised
+
+    spans = ChatSpans(llama)
+    # Long and short conversations mixed, so the two workers finish batches out of order.
+    convs = [Conversation([{"role": "user", "content": "q"},
+                           {"role": "assistant", "content": "word " * (400 if i % 7 else 1)}],
+                          f"c{i}") for i in range(60)]
+    got = [c.source for c, _ in iter_supervised(convs, spans, V, batch_size=2, workers=2)]
+    assert got == [c.source for c in convs]

@@ -168,3 +168,99 @@ def test_import_reads_checkpoints_saved_by_specforge_and_speculators(tmp_path, t
     summary = formats.import_draft(tmp_path / "vllm-saved", tmp_path / "b")
     assert summary["format"] == "speculators"
     torch.testing.assert_close(_our_logits(load_draft(tmp_path / "b", target), aux, ids), want)
+
+
+# --- supervision parity with SpecForge's own preprocessing ----------------------------------
+
+
+def _specforge_supervised(tok, template: str, messages: list[dict], tools=None,
+                          **kwargs) -> list[int] | None:
+    """SpecForge's loss-masked ids for one conversation (one at a time: its batch function
+    zips `tools` with the conversations and drops empty ones, which would misalign a batch)."""
+    import warnings
+
+    from specforge.data.preprocessing import preprocess_conversations
+    from specforge.data.template import TEMPLATE_REGISTRY
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "dropping leading 'assistant' message", ...
+        res = preprocess_conversations(tok, [messages], TEMPLATE_REGISTRY.get(template),
+                                       max_length=1_000_000, tools=[tools or []],
+                                       **{k: [v] for k, v in kwargs.items()})
+    if not res["input_ids"]:
+        return None
+    return res["input_ids"][0][0][res["loss_mask"][0][0].bool()].tolist()
+
+
+def _with_newline_after(tok, ids: list[int], token: str) -> list[int]:
+    """SpecForge's qwen templates end a turn with "<|im_end|>\\n": the newline is supervised
+    too, though generation stops at <|im_end|> and the model never writes it."""
+    end, nl = tok.convert_tokens_to_ids(token), tok.encode("\n", add_special_tokens=False)
+    out = []
+    for t in ids:
+        out += [t, *nl] if t == end else [t]
+    return out
+
+
+@pytest.fixture(scope="module")
+def sharegpt_200():
+    from draftvocab.conversations import read_conversations
+    from draftvocab.presets import get_preset
+
+    path = get_preset("llama3.1-8b").dataset_path()
+    convs = [c.messages for c in read_conversations(path, skip_bad_lines=True,
+                                                    max_samples=200, seed=7)]
+    # The issue's case must be in the sample: ShareGPT splits long chats, so about a third of
+    # its conversations open with an assistant turn that answers no prompt.
+    assert sum(c[0]["role"] == "assistant" for c in convs) > 30
+    return convs
+
+
+@pytest.mark.parametrize("kind, template, specforge_name, kwargs", [
+    ("llama3", "meta-llama", "llama3", {"date_string": "26 Jul 2024"}),
+    ("qwen", "Qwen-Qwen2.5", "qwen", {}),
+])
+def test_sharegpt_supervision_matches_specforge(load_tok, sharegpt_200, kind, template,
+                                                specforge_name, kwargs):
+    from draftvocab.spans import ChatSpans
+
+    tok = load_tok(kind, template)
+    spans = ChatSpans(tok, template_kwargs=kwargs)
+    for messages in sharegpt_200:
+        ids, mask = spans.supervised_tokens(messages)
+        ours = ids[mask].tolist()
+        theirs = _specforge_supervised(tok, specforge_name, messages, **kwargs)
+        if kind == "qwen":
+            ours = _with_newline_after(tok, ours, "<|im_end|>")
+        assert ours == theirs
+    # Keeping the leading turns (the old default) is what made the two disagree.
+    keep = ChatSpans(tok, template_kwargs=kwargs, leading_assistant="keep")
+    leading = next(m for m in sharegpt_200 if m[0]["role"] == "assistant")
+    ids, mask = keep.supervised_tokens(leading)
+    assert mask.sum() > spans.supervised_tokens(leading)[1].sum()
+
+
+def test_specforge_thinking_parser_differs_only_where_documented(load_tok):
+    from draftvocab.spans import ChatSpans
+    from tests.test_spans_generated import PARALLEL, Q, chat
+
+    tok = load_tok("qwen", "Qwen-Qwen3")
+    spans = ChatSpans(tok)
+    think = {"role": "assistant", "reasoning_content": "Add them.", "content": "4."}
+    same = [{"messages": [Q, think]}, PARALLEL,
+            {"messages": [Q, {"role": "assistant", "content": "<think>\nAdd them.\n</think>\n\n4."}]}]
+    for record in same:
+        c = chat(record)
+        ids, mask = spans.supervised_tokens(c.messages, tools=c.tools)
+        assert _with_newline_after(tok, ids[mask].tolist(), "<|im_end|>") == \
+            _specforge_supervised(tok, "qwen3-thinking", c.messages, c.tools)
+    # Multi-turn: SpecForge renders the conversation once, and Qwen3's template drops turn 1's
+    # reasoning there; the target did write it, so we count it (from turn 1's own render).
+    multi = chat({"messages": [Q, think, {"role": "user", "content": "And 3+3?"},
+                               {**think, "reasoning_content": "Add again.", "content": "6."}]})
+    theirs = _specforge_supervised(tok, "qwen3-thinking", multi.messages)
+    enc = lambda t: tok.encode(t, add_special_tokens=False)
+    assert theirs == enc("4.<|im_end|>\n<think>\nAdd again.\n</think>\n\n6.<|im_end|>\n")
+    ids, mask = spans.supervised_tokens(multi.messages)
+    assert ids[mask].tolist() == enc("<think>\nAdd them.\n</think>\n\n4.<|im_end|>"
+                                     "<think>\nAdd again.\n</think>\n\n6.<|im_end|>")

@@ -80,6 +80,14 @@ def greedy_reply(target, messages: list[dict], max_new: int = MAX_NEW) -> list[i
     return reply
 
 
+def reply_text(tok, reply: list[int]) -> str:
+    """What a reply is kept as: its ids decoded exactly (special tokens too, nothing
+    stripped), less the stop token, which the template writes back as the end of the turn."""
+    if reply and reply[-1] == tok.eos_token_id:
+        reply = reply[:-1]
+    return tok.backend_tokenizer.decode(reply, skip_special_tokens=False)
+
+
 def greedy_conversation(target, messages: list[dict]) -> tuple[list[dict], int]:
     """Reference for a whole conversation: each assistant turn sees the regenerated ones."""
     done, tokens = [], 0
@@ -89,8 +97,9 @@ def greedy_conversation(target, messages: list[dict]) -> tuple[list[dict], int]:
             continue
         reply = greedy_reply(target, done)
         tokens += len(reply)
-        text = target.tokenizer.decode(reply, skip_special_tokens=True).strip()
-        done.append({"role": "assistant", "content": text})
+        eos = target.tokenizer.eos_token_id
+        done.append({"role": "assistant", "content": reply_text(target.tokenizer, reply),
+                     "token_ids": reply[:-1] if reply and reply[-1] == eos else reply})
     return done, tokens
 
 
@@ -138,8 +147,9 @@ def test_stops_at_end_of_turn_while_the_batch_goes_on(tmp_path):
     regenerate(convs[:3], target, tmp_path / "out.jsonl", batch_size=3, max_new_tokens=MAX_NEW)
     records = read_out(tmp_path / "out.jsonl")
     assert records[0]["generated_tokens"] == len(reference)  # the stop token counts
-    assert records[0]["messages"][1]["content"] == tok.decode(
-        reference, skip_special_tokens=True).strip()
+    assert records[0]["messages"][1]["content"] == reply_text(tok, reference)
+    assert "truncated_turns" not in records[0]  # stopped: nothing truncated
+    assert all(r["truncated_turns"] >= 1 for r in records[1:])  # cut at MAX_NEW
     for conv, record in zip(convs[:3], records, strict=True):
         assert record["messages"] == greedy_conversation(target, conv.messages)[0]
     assert max(r["generated_tokens"] for r in records) > len(reference)  # others went on
@@ -356,3 +366,81 @@ def assert_one_error(result, words: tuple[str, ...]) -> None:
     assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
     for w in words:
         assert w.lower() in lines[0].lower(), (w, lines[0])
+
+
+# --- one rule through the pipeline: counting a regenerated file gives back what was generated --
+
+
+def test_counting_the_output_gives_back_the_generated_ids(tmp_path, monkeypatch):
+    import numpy as np
+
+    import draftvocab.regenerate as regen
+    from draftvocab.counts import count_tokens
+    from draftvocab.spans import ChatSpans
+    from draftvocab.target import load_target
+
+    target = load_target("smollm2-135m")  # the real model: real text, not random ids
+    generated: list[list[int]] = []
+
+    def recording(*args, **kwargs):
+        replies = real_generate(*args, **kwargs)
+        generated.extend(replies)
+        return replies
+
+    real_generate = regen._generate
+    monkeypatch.setattr(regen, "_generate", recording)
+    records = [
+        {"messages": [{"role": "user", "content": "What is 2+2? Answer in one line."},
+                      {"role": "assistant", "content": "x"},
+                      {"role": "user", "content": "And 10 times that, as a number?"},
+                      {"role": "assistant", "content": "y"}]},
+        {"conversations": [{"from": "gpt", "value": "Hi! I'm a leading turn."},
+                           {"from": "system", "value": "Answer briefly."},
+                           {"from": "human", "value": "Name three primary colours."},
+                           {"from": "gpt", "value": "z"}]},
+        {"messages": [{"role": "user", "content": "Write one haiku about tokens, with an "
+                       "emoji and the digits 2024."}, {"role": "assistant", "content": "w"}]},
+    ]
+    out = tmp_path / "regen.jsonl"
+    stats = regenerate(conversations(records), target, out, batch_size=2, max_new_tokens=48)
+    assert stats.written == 3 and len(generated) == 4
+    lines = read_out(out)
+    truncated = sum(r.get("truncated_turns", 0) for r in lines)
+    counted = count_tokens(read_conversations(out), ChatSpans(target.tokenizer),
+                           target.vocab_size, workers=1)
+    expected = np.bincount(np.concatenate([np.array(r) for r in generated]),
+                           minlength=target.vocab_size)
+    expected[target.stop_ids[0]] += truncated  # a cut reply still ends its turn when rendered
+    np.testing.assert_array_equal(counted.counts, expected)
+    assert counted.metadata["left_out"] == {}  # regenerate dropped the leading turn itself
+    assert lines[1]["messages"][0]["role"] == "system"
+    # Training supervises the very same ids, spliced after prompts encoded as they were.
+    from draftvocab.train import encode_conversations
+
+    examples, skipped = encode_conversations(read_conversations(out), target.tokenizer, 4096)
+    assert not skipped
+    trained = np.bincount(np.concatenate([e.ids[e.supervised] for e in examples]),
+                          minlength=target.vocab_size)
+    np.testing.assert_array_equal(trained, expected)
+    for e, record in zip(examples, lines, strict=True):  # the prompt is what generate saw
+        turn = record["messages"]
+        cut = next(i for i, m in enumerate(turn) if m["role"] == "assistant")
+        prompt = target.prompt_ids(turn[:cut])
+        assert e.ids[:len(prompt)].tolist() == prompt
+
+
+def test_token_ids_that_do_not_decode_to_the_text_are_not_used(tmp_path):
+    from draftvocab.counts import count_tokens
+    from draftvocab.presets import get_preset
+    from draftvocab.spans import ChatSpans
+
+    tok = get_preset("smollm2-135m").load_tokenizer()
+    text = " ava"
+    records = [{"messages": [{"role": "user", "content": "q"},
+                             {"role": "assistant", "content": text, "token_ids": ids}]}
+               for ids in (tok.encode(" a") + tok.encode("va"), [5, 6])]
+    spans = ChatSpans(tok)
+    good, bad = (count_tokens(conversations([r]), spans, len(tok), workers=1) for r in records)
+    assert good.counts[tok.encode(" a")[0]] == 1  # the ids as written, not re-tokenised
+    assert bad.metadata["turn_notes"] == {"token_ids_not_used": 1}
+    assert bad.counts[tok.encode(" av")[0]] == 1  # the text's own tokens instead

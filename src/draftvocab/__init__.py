@@ -3,8 +3,8 @@
 Public API (everything else is private):
 
     read_conversations  dataset path / object -> re-iterable conversations
-    ChatSpans           chat template -> assistant spans and supervised token masks
-    count_tokens        conversations -> TokenCounts (assistant-only token frequencies)
+    ChatSpans           chat template -> the tokens the target generates (supervised masks)
+    count_tokens        conversations -> TokenCounts (frequencies of generated tokens)
     flops_breakdown     HF config -> DraftFlops (per-token FLOPs of an EAGLE-3 draft)
     optimize_vocab      counts + DraftFlops -> OptimizeResult (k*, C, R, U)
     build_mapping       counts + k -> VocabMapping (SpecForge d2t / t2d)

@@ -93,9 +93,12 @@ class _Setup:
 
 def _setup(preset: str | None, config: Path | None, tokenizer: Path | None = None,
            chat_template: Path | None = None, data: list[str] | None = None,
-           need_tokenizer: bool = True) -> _Setup:
+           need_tokenizer: bool = True, template_kwargs: str | None = None) -> _Setup:
     from draftvocab.assets import load_config, load_tokenizer
+    from draftvocab.messages import parse_template_kwargs
     from draftvocab.presets import DEFAULT_PRESET, get_preset
+
+    extra_kwargs = parse_template_kwargs(template_kwargs)  # a bad value fails before loading
 
     explicit = tokenizer is not None or config is not None
     if preset:
@@ -118,6 +121,7 @@ def _setup(preset: str | None, config: Path | None, tokenizer: Path | None = Non
                 from draftvocab.assets import read_chat_template
                 s.tokenizer.chat_template = read_chat_template(chat_template)
             s.template_kwargs = dict(p.template_kwargs)
+        s.template_kwargs.update(extra_kwargs)
     if data:
         s.data = data
     elif p is not None:
@@ -171,16 +175,25 @@ def _progress(label: str, total: int | None, quiet: bool, rate=_counting_rate):
     return contextlib.nullcontext() if quiet else _Rates(label, total, rate)
 
 
+def _spans(s: _Setup, *, include_eot: bool = True, supervise: str | None = "generated",
+           leading: str | None = "drop"):
+    """The supervision rule for this run (the template is checked on a probe conversation)."""
+    from draftvocab.spans import ChatSpans
+
+    return ChatSpans(s.tokenizer, template_kwargs=s.template_kwargs, include_eot=include_eot,
+                     supervise=supervise or "generated", leading_assistant=leading or "drop")
+
+
 def _count(s: _Setup, *, max_samples: int | None, seed: int, columns: str | None,
            role_map: list[str] | None, skip_bad_lines: bool, include_eot: bool,
-           workers: int | None, quiet: bool):
+           workers: int | None, quiet: bool, supervise: str = "generated",
+           leading: str = "drop"):
     from draftvocab.assets import config_vocab_size
     from draftvocab.conversations import ColumnMap, parse_role_map, read_conversations
     from draftvocab.counts import count_tokens, merge_counts
-    from draftvocab.spans import ChatSpans
 
     vocab = config_vocab_size(s.config, str(s.config_path))
-    spans = ChatSpans(s.tokenizer, template_kwargs=s.template_kwargs, include_eot=include_eot)
+    spans = _spans(s, include_eot=include_eot, supervise=supervise, leading=leading)
     parts = []
     for source in s.data:
         reader = read_conversations(
@@ -197,11 +210,11 @@ def _count(s: _Setup, *, max_samples: int | None, seed: int, columns: str | None
 
 def _count_on_engine(s: _Setup, engine: str, *, columns: str | None,
                      role_map: list[str] | None, include_eot: bool, workers: int | None,
-                     max_samples: int | None):
+                     max_samples: int | None, supervise: str = "generated",
+                     leading: str = "drop"):
     from draftvocab.assets import config_vocab_size
     from draftvocab.conversations import ColumnMap, parse_role_map
     from draftvocab.scaleout import ENGINES, count_with_datasets, count_with_ray
-    from draftvocab.spans import ChatSpans
 
     if engine not in ENGINES:
         raise DraftVocabError(f"--engine must be local, {', '.join(ENGINES)}; got {engine!r}")
@@ -218,7 +231,7 @@ def _count_on_engine(s: _Setup, engine: str, *, columns: str | None,
         else:
             raise DraftVocabError(f"dataset not found: {source}")
     vocab = config_vocab_size(s.config, str(s.config_path))
-    spans = ChatSpans(s.tokenizer, template_kwargs=s.template_kwargs, include_eot=include_eot)
+    spans = _spans(s, include_eot=include_eot, supervise=supervise, leading=leading)
     kwargs = {"columns": ColumnMap.parse(columns) if columns else None,
               "role_map": parse_role_map(role_map) if role_map else None}
     with err.status(f"counting on {engine}"):
@@ -238,11 +251,23 @@ ColumnsOpt = Annotated[str | None, typer.Option(
 RoleMapOpt = Annotated[list[str] | None, typer.Option(
     "--role-map", help="Map extra roles, e.g. --role-map narrator=assistant (repeatable).")]
 SkipOpt = Annotated[bool, typer.Option(
-    "--skip-bad-lines", help="Skip (and count) malformed JSON lines instead of stopping.")]
+    "--skip-bad-lines", help="Skip (and count, by reason) malformed JSON lines and records "
+    "(bad tools, tool calls, reasoning, roles) instead of stopping.")]
 EotOpt = Annotated[bool, typer.Option(
     "--eot/--no-eot", help="Count each assistant turn's end-of-turn token (SpecForge does).")]
 WorkersOpt = Annotated[int | None, typer.Option(
     "--workers", help="Processes for rendering+tokenising (default: all cores).")]
+KwargsOpt = Annotated[str | None, typer.Option(
+    "--template-kwargs", help="Chat-template arguments for the whole dataset, as a JSON object, "
+    "e.g. '{\"enable_thinking\": false}' or '{\"reasoning_effort\": \"high\"}'; a record's "
+    "own chat_template_kwargs win.")]
+SuperviseOpt = Annotated[str, typer.Option(
+    "--supervise", help="generated: every token the target writes for an assistant turn after "
+    "the generation prompt (reasoning, tool calls, end-of-turn); content: only the assistant "
+    "content and its end-of-turn token (the rule before reasoning and tool calls).")]
+LeadingOpt = Annotated[str, typer.Option(
+    "--leading-assistant", help="drop: an assistant turn with no user or tool turn before it "
+    "answers no prompt and is not supervised (as SpecForge trains); keep: supervise it too.")]
 
 
 def _counts_summary(c) -> dict[str, Any]:
@@ -250,13 +275,40 @@ def _counts_summary(c) -> dict[str, Any]:
     return {"vocab_size": c.vocab_size, "conversations": m.get("conversations"),
             "supervised_tokens": c.total,
             "distinct_tokens": int((c.counts > 0).sum()), "skipped": m.get("skipped"),
+            "skipped_examples": m.get("skipped_examples"),
+            "supervise": m.get("supervise"), "leading_assistant": m.get("leading_assistant"),
+            "template_kwargs": m.get("template_kwargs"),
+            "left_out": m.get("left_out"), "turn_notes": m.get("turn_notes"),
+            "dropped_fields": m.get("dropped_fields"),
             "tokenizer": m.get("tokenizer"), "chat_template": m.get("chat_template")}
+
+
+def _print_counting_notes(summary: dict[str, Any]) -> None:
+    """What a human should know about a count: skips (with the first case), left-out turns,
+    turns the template does not render whole, fields the reader did not use."""
+    if summary.get("skipped"):
+        err.print(f"skipped: {summary['skipped']}")
+        for reason, example in (summary.get("skipped_examples") or {}).items():
+            err.print(f"  first {reason}: {escape(example)}", highlight=False)
+    left = summary.get("left_out") or {}
+    if left.get("turns"):
+        err.print(f"left out {left['turns']:,} leading assistant turns that answer no prompt "
+                  f"(~{left.get('tokens', 0):,} tokens; --leading-assistant keep counts them)")
+    if summary.get("turn_notes"):
+        err.print(f"[yellow]turns the chat template does not render whole (not counted):"
+                  f"[/yellow] {summary['turn_notes']}")
+    if summary.get("dropped_fields"):
+        err.print(f"fields not read: {summary['dropped_fields']}")
 
 
 @app.command(epilog="Examples:\n\n"
              "  draftvocab count --out counts.safetensors            # preset llama3.1-8b\n\n"
              "  draftvocab count chats.jsonl --tokenizer tok/ --config config.json "
-             "--max-samples 50000 --out counts.safetensors")
+             "--max-samples 50000 --out counts.safetensors\n\n"
+             "  draftvocab count agent.jsonl --tokenizer qwen3/ --config qwen3/config.json "
+             "--template-kwargs '{\"enable_thinking\": true}' --json   # reasoning, tools\n\n"
+             "  draftvocab count chats.jsonl ... --supervise content --leading-assistant keep"
+             "   # the previous rule")
 @_fail_cleanly
 def count(
     data: DataArg = None,
@@ -265,22 +317,25 @@ def count(
     preset: PresetOpt = None, tokenizer: TokenizerOpt = None, chat_template: TemplateOpt = None,
     config: ConfigOpt = None, max_samples: SamplesOpt = None, seed: SeedOpt = 0,
     columns: ColumnsOpt = None, role_map: RoleMapOpt = None, skip_bad_lines: SkipOpt = False,
-    eot: EotOpt = True, workers: WorkersOpt = None,
+    eot: EotOpt = True, workers: WorkersOpt = None, template_kwargs: KwargsOpt = None,
+    supervise: SuperviseOpt = "generated", leading_assistant: LeadingOpt = "drop",
     engine: Annotated[str, typer.Option(
         "--engine", help="local (built-in process pool), datasets (HF datasets map with "
         "--workers as num_proc) or ray (Ray Data; `pip install 'draftvocab[ray]'`, "
         "RAY_ADDRESS for a cluster).")] = "local",
     as_json: JsonOpt = False,
 ) -> None:
-    """Count token frequencies over assistant responses only -> counts.safetensors."""
-    s = _setup(preset, config, tokenizer, chat_template, data)
+    """Count the tokens the target generates for each assistant turn (reasoning and tool calls
+    included) -> counts.safetensors."""
+    s = _setup(preset, config, tokenizer, chat_template, data, template_kwargs=template_kwargs)
+    rule = {"supervise": supervise, "leading": leading_assistant}
     if engine == "local":
         c = _count(s, max_samples=max_samples, seed=seed, columns=columns, role_map=role_map,
                    skip_bad_lines=skip_bad_lines, include_eot=eot, workers=workers,
-                   quiet=as_json)
+                   quiet=as_json, **rule)
     else:
         c = _count_on_engine(s, engine, columns=columns, role_map=role_map, include_eot=eot,
-                             workers=workers, max_samples=max_samples)
+                             workers=workers, max_samples=max_samples, **rule)
     c.save(out)
     summary = {**_counts_summary(c), "out": str(out)}
     if as_json:
@@ -290,8 +345,7 @@ def count(
                   f"{summary['supervised_tokens']:,} supervised tokens "
                   f"({summary['distinct_tokens']:,} distinct) -> "
                   f"[bold]{escape(str(out))}[/bold]")
-        if summary["skipped"]:
-            err.print(f"skipped: {summary['skipped']}")
+        _print_counting_notes(summary)
 
 
 @app.command(epilog="Example:\n\n  draftvocab merge shard-*.safetensors --out counts.safetensors")
@@ -474,7 +528,8 @@ def optimize(
     trials: Annotated[int, typer.Option("--trials", help="TPE trials (paper: 100).")] = 100,
     seed: SeedOpt = 0, max_samples: SamplesOpt = None, columns: ColumnsOpt = None,
     role_map: RoleMapOpt = None, skip_bad_lines: SkipOpt = False, eot: EotOpt = True,
-    workers: WorkersOpt = None,
+    workers: WorkersOpt = None, template_kwargs: KwargsOpt = None,
+    supervise: SuperviseOpt = "generated", leading_assistant: LeadingOpt = "drop",
     plots: Annotated[bool, typer.Option("--plots/--no-plots")] = True,
     latency: Annotated[str, typer.Option(
         "--latency", help="R(k) from: flops (the paper), measured (time draft forwards now, "
@@ -499,14 +554,17 @@ def optimize(
     # Validate cheap parameters before any expensive counting.
     from draftvocab.objective import utility_curve
     utility_curve(*([__import__("numpy").zeros(1)] * 2), alpha, c_min)
-    s = _setup(preset, config, tokenizer, chat_template, data, need_tokenizer=True)
+    # A counts file carries its token strings: no tokenizer needed unless one is given.
+    s = _setup(preset, config, tokenizer, chat_template, data,
+               need_tokenizer=counts is None or tokenizer is not None or config is None,
+               template_kwargs=template_kwargs)
     f = flops_breakdown(s.config_path)  # path: errors name the file
     if counts is not None:
         c = TokenCounts.load(counts)
     else:
         c = _count(s, max_samples=max_samples, seed=seed, columns=columns, role_map=role_map,
                    skip_bad_lines=skip_bad_lines, include_eot=eot, workers=workers,
-                   quiet=as_json)
+                   quiet=as_json, supervise=supervise, leading=leading_assistant)
     if objective_name not in ("utility", "speedup"):
         raise DraftVocabError(f"--objective must be utility or speedup, got {objective_name!r}")
     model, latency_json = None, None
@@ -550,7 +608,8 @@ def optimize(
               "config_sha256": sha256_text(json.dumps(s.config, sort_keys=True)),
               "counts_file": str(counts) if counts else None,
               "latency": "flops" if model is None else latency}
-    decode = (lambda ids: s.tokenizer.convert_ids_to_tokens(ids)) if s.tokenizer else None
+    decode = (lambda ids: s.tokenizer.convert_ids_to_tokens(ids)) if s.tokenizer else \
+        c.token_strings
     out_dir, summary = write_run(out_dir, counts=c, flops=f, objective=objective, result=res,
                                  inputs=inputs, decode=decode, plots=plots)
     if latency_json is not None:
@@ -569,6 +628,8 @@ def optimize(
               f"U = {res.chosen.utility:.4f} \\[{res.chosen.solver}{regret}]")
     console.print(f"artefacts -> [bold]{escape(str(out_dir))}[/bold]: "
                   f"{', '.join(summary['files'])}")
+    if counts is None:
+        _print_counting_notes(_counts_summary(c))
 
 
 # --- mapping -----------------------------------------------------------------------------------
@@ -602,7 +663,8 @@ def mapping(
     elif preset is not None:
         tok = get_preset(preset).load_tokenizer()
     m = build_mapping(c.counts, k)
-    decode = (lambda ids: tok.convert_ids_to_tokens(ids)) if tok is not None else None
+    decode = (lambda ids: tok.convert_ids_to_tokens(ids)) if tok is not None else \
+        c.token_strings
     with atomic_directory(out) as tmp:
         files = write_mapping_files(tmp, m, counts=c.counts, decode=decode)
     coverage = float(coverage_curve(c.counts)[k])
@@ -652,16 +714,20 @@ def regenerate_cmd(
         "--max-prompt-tokens", help="Skip (and count) conversations whose prompt is longer.")]
     = None,
     columns: ColumnsOpt = None, role_map: RoleMapOpt = None, skip_bad_lines: SkipOpt = False,
+    template_kwargs: KwargsOpt = None, leading_assistant: LeadingOpt = "drop",
     as_json: JsonOpt = False,
 ) -> None:
-    """Rewrite a dataset's assistant turns with the target model's own replies -> JSONL."""
+    """Rewrite a dataset's assistant turns with the target model's own replies -> JSONL
+    (verbatim: reasoning and tool-call markup included)."""
     from draftvocab.conversations import ColumnMap, parse_role_map, read_conversations
+    from draftvocab.messages import parse_template_kwargs
     from draftvocab.presets import PRESETS, get_preset
     from draftvocab.regenerate import check_options, finished_ids, regenerate
     from draftvocab.target import DEFAULT_TARGET, load_target
 
     check_options(batch_size=batch_size, max_new_tokens=max_new_tokens, temperature=temperature,
-                  top_p=top_p, turns=turns)
+                  top_p=top_p, turns=turns, leading_assistant=leading_assistant)
+    extra_kwargs = parse_template_kwargs(template_kwargs)
     finished_ids(out)  # a bad output file fails before the model loads
     preset = get_preset(target if target in PRESETS else DEFAULT_TARGET)
     reader = read_conversations(
@@ -678,8 +744,10 @@ def regenerate_cmd(
             stats = regenerate(
                 reader, model, out, batch_size=batch_size, max_new_tokens=max_new_tokens,
                 temperature=temperature, top_p=top_p, seed=seed, turns=turns,
-                template_kwargs=preset.template_kwargs if target in PRESETS else None,
-                max_prompt_tokens=max_prompt_tokens, progress=bar)
+                template_kwargs={**(preset.template_kwargs if target in PRESETS else {}),
+                                 **extra_kwargs},
+                max_prompt_tokens=max_prompt_tokens, leading_assistant=leading_assistant,
+                progress=bar)
     except KeyboardInterrupt:
         err.print(f"[bold red]interrupted[/bold red]: finished conversations are in "
                   f"{escape(str(out))}; rerun the same command to resume")
@@ -790,7 +858,8 @@ def train_cmd(
         "--resume", help="Continue from the latest checkpoint in --out.")] = False,
     seed: Annotated[int, typer.Option("--seed", help="Seed for sampling, init and data order.")]
     = 0,
-    skip_bad_lines: SkipOpt = False,
+    skip_bad_lines: SkipOpt = False, template_kwargs: KwargsOpt = None,
+    supervise: SuperviseOpt = "generated", leading_assistant: LeadingOpt = "drop",
     as_json: JsonOpt = False,
 ) -> None:
     """Train a draft on the target's hidden states: EAGLE-3 (training-time test) or SpecBlock
@@ -808,6 +877,10 @@ def train_cmd(
     config.check()  # cheap errors before loading anything
     if out.exists() and not out.is_dir():
         raise DraftVocabError(f"output path {out} exists and is not a directory")
+    from draftvocab.messages import parse_template_kwargs
+    from draftvocab.spans import ChatSpans
+
+    extra_kwargs = parse_template_kwargs(template_kwargs)
     preset = get_preset(target if target in PRESETS else DEFAULT_TARGET)
     reader = read_conversations(
         data if data is not None else preset.dataset_path(),
@@ -829,9 +902,10 @@ def train_cmd(
     d2t = t2d = None
     if mapping is not None:
         d2t, t2d = mapping_tensors(vocab_mapping, model.vocab_size)
-    examples, skipped = encode_conversations(
-        reader, model.tokenizer, max_len,
-        template_kwargs=preset.template_kwargs if target in PRESETS else None)
+    spans = ChatSpans(model.tokenizer, supervise=supervise, leading_assistant=leading_assistant,
+                      template_kwargs={**(preset.template_kwargs if target in PRESETS else {}),
+                                       **extra_kwargs})
+    examples, skipped = encode_conversations(reader, model.tokenizer, max_len, spans=spans)
     bar = _TrainProgress() if not as_json else None
     with bar if bar is not None else contextlib.nullcontext():
         result = train_draft(model, examples, out, d2t=d2t, t2d=t2d, config=config,
@@ -1020,6 +1094,12 @@ GroupOpt = Annotated[str | None, typer.Option(
     "--group-by", help="Record field that splits the evaluation data, e.g. category.")]
 OutDirOpt = Annotated[Path | None, typer.Option(
     "--out", "-o", help="Directory for the JSON/markdown/PNG (default: RUN/analysis).")]
+EvalSuperviseOpt = Annotated[str | None, typer.Option(
+    "--supervise", help="generated or content (see `count --help`); default: the rule the "
+    "vocabulary's counts were made with, else generated.")]
+EvalLeadingOpt = Annotated[str | None, typer.Option(
+    "--leading-assistant", help="drop or keep (see `count --help`); default: the "
+    "vocabulary's counts' rule, else drop.")]
 
 
 @dataclass
@@ -1055,19 +1135,37 @@ def _vocab(run: Path | None, mapping: Path | None, counts: Path | None, k: int |
     return _Vocab(build_mapping(c.counts, k).t2d, c, None, f"top {k:,} of {counts}")
 
 
+@dataclass
+class _EvalRule:
+    """How evaluation data is counted: by default as the vocabulary's own counts were."""
+
+    template_kwargs: str | None = None
+    supervise: str | None = None
+    leading: str | None = None
+
+    def spans(self, s: _Setup, counts):
+        meta = counts.metadata if counts is not None else {}
+        if self.template_kwargs is None and meta.get("template_kwargs"):
+            s.template_kwargs = {**s.template_kwargs, **meta["template_kwargs"]}
+        return _spans(s, supervise=self.supervise or meta.get("supervise"),
+                      leading=self.leading or meta.get("leading_assistant"))
+
+
 def _eval_counts(v: _Vocab, data: list[str], group_by: str | None, preset: str | None,
                  tokenizer: Path | None, chat_template: Path | None, config: Path | None,
-                 workers: int | None, quiet: bool) -> tuple[dict, Any]:
+                 workers: int | None, quiet: bool,
+                 rule: _EvalRule | None = None) -> tuple[dict, Any]:
     """Supervised-token counts of the evaluation data per group (per file without --group-by),
     with a clear error if it is tokenised differently from the vocabulary's training counts."""
     from draftvocab.assets import tokenizer_fingerprint
     from draftvocab.conversations import ColumnMap, read_conversations
     from draftvocab.counts import count_by_group
-    from draftvocab.spans import ChatSpans
 
     if not data:
         raise DraftVocabError("give the evaluation data (files or directories)")
-    s = _setup(preset or v.preset, config, tokenizer, chat_template, data)
+    rule = rule or _EvalRule()
+    s = _setup(preset or v.preset, config, tokenizer, chat_template, data,
+               template_kwargs=rule.template_kwargs)
     vocab = int(v.t2d.size)
     if v.counts is not None:
         theirs = (v.counts.metadata.get("tokenizer") or {}).get("sha256")
@@ -1076,7 +1174,7 @@ def _eval_counts(v: _Vocab, data: list[str], group_by: str | None, preset: str |
             raise DraftVocabError(
                 f"the evaluation tokenizer (sha256 {ours[:12]}) differs from the one the "
                 f"vocabulary was counted with ({theirs[:12]}): token ids are not comparable")
-    spans = ChatSpans(s.tokenizer, template_kwargs=s.template_kwargs)
+    spans = rule.spans(s, v.counts)
     groups: dict = {}
     for source in s.data:
         reader = read_conversations(source, columns=ColumnMap(group=group_by) if group_by else None,
@@ -1127,6 +1225,8 @@ def coverage_cmd(
         "each domain's share of the training tokens (the paper's Table 5).")] = None,
     preset: PresetOpt = None, tokenizer: TokenizerOpt = None, chat_template: TemplateOpt = None,
     config: ConfigOpt = None, out: OutDirOpt = None, workers: WorkersOpt = None,
+    template_kwargs: KwargsOpt = None, supervise: EvalSuperviseOpt = None,
+    leading_assistant: EvalLeadingOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Coverage of a vocabulary on evaluation data, per group and combined: tokens,
@@ -1135,14 +1235,15 @@ def coverage_cmd(
     from draftvocab.coverage import coverage_table
 
     v = _vocab(run, mapping, counts, k)
+    rule = _EvalRule(template_kwargs, supervise, leading_assistant)
+    if train_data and not group_by:
+        raise DraftVocabError("--train-data needs --group-by (the domains to compare)")
     groups, _ = _eval_counts(v, data, group_by, preset, tokenizer, chat_template, config,
-                             workers, as_json)
+                             workers, as_json, rule)
     train = None
     if train_data:
-        if not group_by:
-            raise DraftVocabError("--train-data needs --group-by (the domains to compare)")
         train, _ = _eval_counts(v, [str(p) for p in train_data], group_by, preset, tokenizer,
-                                chat_template, config, workers, as_json)
+                                chat_template, config, workers, as_json, rule)
     rows = coverage_table(groups, v.t2d, train)
     out = out or ((run / "analysis") if run else Path("analysis"))
     result = {"vocabulary": v.label, "group_by": group_by, "rows": [r.to_json() for r in rows]}
@@ -1170,6 +1271,8 @@ def missing_cmd(
     top: Annotated[int, typer.Option("--top", help="Tokens listed per set.")] = 20,
     preset: PresetOpt = None, tokenizer: TokenizerOpt = None, chat_template: TemplateOpt = None,
     config: ConfigOpt = None, out: OutDirOpt = None, workers: WorkersOpt = None,
+    template_kwargs: KwargsOpt = None, supervise: EvalSuperviseOpt = None,
+    leading_assistant: EvalLeadingOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """The most frequent evaluation tokens the vocabulary cannot emit, per set, with their
@@ -1181,7 +1284,8 @@ def missing_cmd(
         raise DraftVocabError("--top must be at least 1")
     v = _vocab(run, mapping, counts, k)
     groups, tok = _eval_counts(v, data, group_by, preset, tokenizer, chat_template, config,
-                               workers, as_json)
+                               workers, as_json,
+                               _EvalRule(template_kwargs, supervise, leading_assistant))
     if len(groups) > 1:
         groups = {**groups, "all": sum(groups.values())}
 
@@ -1231,7 +1335,8 @@ def stability_cmd(
     tolerance: Annotated[float, typer.Option("--tolerance", help="Stable = within this "
                                               "fraction of k* on all data.")] = 0.02,
     max_samples: SamplesOpt = None, seed: SeedOpt = 0, skip_bad_lines: SkipOpt = False,
-    workers: WorkersOpt = None,
+    workers: WorkersOpt = None, template_kwargs: KwargsOpt = None,
+    supervise: SuperviseOpt = "generated", leading_assistant: LeadingOpt = "drop",
     out: Annotated[Path, typer.Option(
         "--out", "-o", help="Directory for stability.json and .png (e.g. RUN/analysis).")
     ] = Path("analysis"),
@@ -1247,12 +1352,11 @@ def stability_cmd(
     from draftvocab.counts import iter_supervised
     from draftvocab.flops import flops_breakdown
     from draftvocab.plots import plot_stability
-    from draftvocab.spans import ChatSpans
     from draftvocab.stability import SparseCounts, stability
 
-    s = _setup(preset, config, tokenizer, chat_template, data)
+    s = _setup(preset, config, tokenizer, chat_template, data, template_kwargs=template_kwargs)
     vocab = config_vocab_size(s.config, str(s.config_path))
-    spans = ChatSpans(s.tokenizer, template_kwargs=s.template_kwargs)
+    spans = _spans(s, supervise=supervise, leading=leading_assistant)
     per_conv = []
     for source in s.data:
         reader = read_conversations(source, skip_bad_lines=skip_bad_lines or s.skip_bad_lines,

@@ -1,9 +1,9 @@
-"""Read chat datasets into conversations: lists of {"role", "content"} with four roles.
+"""Read chat datasets into conversations: template-ready messages plus tools and arguments.
 
 Owns file formats (JSONL, gzip'd JSONL, JSON arrays, Parquet, `datasets` objects and
-`save_to_disk` folders), schema detection (OpenAI `messages`, ShareGPT `conversations`), role
-normalisation, seeded sampling and an input fingerprint. Streams: memory stays flat in the
-dataset's size. Knows nothing about tokenizers or chat templates; that is `spans.py`'s job.
+`save_to_disk` folders), seeded sampling, skip accounting and an input fingerprint. Streams:
+memory stays flat in the dataset's size. What a record becomes (roles, reasoning, tool calls,
+tools) is `messages.py`'s job; tokenizers and chat templates are `spans.py`'s.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import json
 import os
 import re
 import sys
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -22,6 +23,14 @@ from typing import Any
 import numpy as np
 
 from draftvocab.errors import DraftVocabError
+from draftvocab.messages import (
+    DEFAULT_ROLES,
+    ColumnMap,
+    RecordError,
+    checked_role_map,
+    parse_role_map,
+    record_to_chat,
+)
 
 __all__ = [
     "ColumnMap",
@@ -31,25 +40,6 @@ __all__ = [
     "parse_role_map",
     "read_conversations",
 ]
-
-ROLES = ("system", "user", "assistant", "tool")
-
-# Role names seen in public chat datasets, mapped onto the four roles chat templates know.
-DEFAULT_ROLES: dict[str, str] = {
-    "system": "system",
-    "user": "user",
-    "human": "user",
-    "assistant": "assistant",
-    "gpt": "assistant",
-    "chatgpt": "assistant",
-    "bing": "assistant",
-    "bard": "assistant",
-    "model": "assistant",
-    "tool": "tool",
-    "function": "tool",
-    "ipython": "tool",
-    "observation": "tool",
-}
 
 SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".json.gz", ".parquet")
 _SUFFIX_LIST = ", ".join(SUFFIXES)
@@ -61,62 +51,18 @@ _TAIL_HINT = "use --skip-bad-lines to stop there and count it"
 
 
 @dataclass
-class ColumnMap:
-    """Field names for datasets that use neither the OpenAI nor the ShareGPT schema.
-
-    `messages` names the record field holding the message list; `role` and `content` name the
-    keys inside each message. A field left as None is detected as usual.
-
-    >>> ColumnMap.parse("messages=chat,role=speaker,content=text")
-    ColumnMap(messages='chat', role='speaker', content='text')
-    """
-
-    messages: str | None = None
-    role: str | None = None
-    content: str | None = None
-    group: str | None = None  # record field that labels a conversation (category, domain)
-
-    @classmethod
-    def parse(cls, text: str) -> ColumnMap:
-        """Parse the CLI's `--columns key=value,...` form (keys: messages, role, content, group)."""
-        values: dict[str, str] = {}
-        for item in (part.strip() for part in text.split(",")):
-            key, sep, value = (s.strip() for s in item.partition("="))
-            if (not sep or not value or key not in ("messages", "role", "content", "group")
-                    or key in values):
-                raise DraftVocabError(
-                    f"bad --columns '{text}': expected key=value pairs with keys messages, role, "
-                    "content, group, e.g. messages=chat,role=speaker,content=text"
-                )
-            values[key] = value
-        return cls(**values)
-
-
-def parse_role_map(items: str | Iterable[str]) -> dict[str, str]:
-    """Parse CLI `--role-map` values ("narrator=user", possibly comma-joined) into a dict.
-
-    >>> parse_role_map(["narrator=user", "bot=assistant"])
-    {'narrator': 'user', 'bot': 'assistant'}
-    """
-    pairs = [items] if isinstance(items, str) else list(items)
-    role_map: dict[str, str] = {}
-    for item in (p.strip() for text in pairs for p in text.split(",") if p.strip()):
-        name, sep, role = (s.strip() for s in item.partition("="))
-        if not sep or not name or not role:
-            raise DraftVocabError(
-                f"bad --role-map '{item}': expected NAME=ROLE, e.g. bot=assistant"
-            )
-        role_map[name] = role
-    return _checked_role_map(role_map)
-
-
-@dataclass
 class Conversation:
-    """One conversation; `source` locates it in the input, e.g. "data.jsonl:17", "dataset[42]"."""
+    """One conversation; `source` locates it in the input, e.g. "data.jsonl:17", "dataset[42]".
 
-    messages: list[dict[str, str]]
+    `messages` are template-ready (see `messages.py`); `tools` and `template_kwargs` are the
+    record's own (`tools`, `chat_template_kwargs`), None when it has none.
+    """
+
+    messages: list[dict[str, Any]]
     source: str
     group: str | None = None  # the record's `ColumnMap.group` field, e.g. a category
+    tools: list[dict] | None = None
+    template_kwargs: dict[str, Any] | None = None
 
 
 @dataclass
@@ -125,13 +71,17 @@ class ReadStats:
 
     `records` counts records in the input (malformed lines are not records); with sampling it
     is the whole input's count from the counting pass. `skipped` maps a reason ("bad_line",
-    "not_an_object", "truncated_tail", "no_assistant_turn", "empty_conversation") to a count.
+    "not_an_object", "truncated_tail", "no_assistant_turn", "empty_conversation", and with
+    --skip-bad-lines the record faults of `messages.RecordError`: "bad_message", "unknown_role",
+    "bad_tools", "bad_tool_call", "bad_reasoning", "bad_template_kwargs") to a count.
+    `dropped_fields` counts the record fields and message keys that were not read.
     """
 
     records: int = 0
     yielded: int = 0
     skipped: dict[str, int] = field(default_factory=dict)
     first_bad_line: str | None = None
+    dropped_fields: dict[str, int] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -523,107 +473,6 @@ _Unit = _FileUnit | _ObjectUnit
 
 
 # --------------------------------------------------------------------------------------------
-# Records → conversations.
-
-
-def _checked_role_map(role_map: dict[str, str] | None) -> dict[str, str]:
-    checked: dict[str, str] = {}
-    for name, role in (role_map or {}).items():
-        if role.strip().lower() not in ROLES:
-            raise DraftVocabError(
-                f"--role-map {name}={role}: the role must be one of {', '.join(ROLES)}"
-            )
-        checked[name.strip().lower()] = role.strip().lower()
-    return checked
-
-
-def _messages_field(record: dict, columns: ColumnMap, loc: _Loc) -> tuple[str, Any]:
-    if columns.messages is not None:
-        if columns.messages not in record:
-            raise DraftVocabError(
-                f"{loc.words} has no field '{columns.messages}' (fields: {_names(record)}); "
-                "check --columns messages=FIELD"
-            )
-        return columns.messages, record[columns.messages]
-    for name in ("messages", "conversations"):
-        if name in record:
-            return name, record[name]
-    raise DraftVocabError(
-        f"{loc.words} has no 'messages' or 'conversations' field (fields: {_names(record)}); "
-        "name the message list with --columns messages=FIELD,role=KEY,content=KEY"
-    )
-
-
-def _names(mapping: dict) -> str:
-    return ", ".join(map(str, mapping)) or "none"
-
-
-def _content_text(value: Any, where: str) -> str:
-    if isinstance(value, str):
-        return value
-    if value is None:
-        return ""
-    if isinstance(value, list):  # OpenAI content parts; non-text parts (images) carry no text
-        texts = []
-        for part in value:
-            if not isinstance(part, dict) or "type" not in part:
-                break
-            if part["type"] == "text":
-                if not isinstance(part.get("text"), str):
-                    break
-                texts.append(part["text"])
-        else:
-            return "".join(texts)
-    raise DraftVocabError(
-        f"{where} has content of type {type(value).__name__}; expected a string or a list of "
-        "{'type': 'text', 'text': ...} parts"
-    )
-
-
-def _to_messages(
-    record: dict, loc: _Loc, columns: ColumnMap, roles: dict[str, str]
-) -> list[dict[str, str]]:
-    name, items = _messages_field(record, columns, loc)
-    if items is None:
-        return []
-    if not isinstance(items, list | tuple):
-        raise DraftVocabError(
-            f"field '{name}' in {loc.words} is a {type(items).__name__}, expected a list of "
-            "messages"
-        )
-    messages = []
-    for i, item in enumerate(items):
-        where = f"{name}[{i}] in {loc.words}"
-        if not isinstance(item, dict):
-            raise DraftVocabError(f"{where} is a {type(item).__name__}, expected an object")
-        role_key = columns.role or ("role" if "role" in item else "from")
-        if role_key not in item:
-            raise DraftVocabError(
-                f"{where} has no '{role_key}' key (keys: {_names(item)}); "
-                "name it with --columns role=KEY"
-            )
-        content_key = columns.content or next((k for k in ("content", "value") if k in item), None)
-        if content_key is None or content_key not in item:
-            if "tool_calls" not in item and "function_call" not in item:
-                raise DraftVocabError(
-                    f"{where} has no '{content_key or 'content'}' key (keys: {_names(item)}); "
-                    "name it with --columns content=KEY"
-                )
-            content = None  # an assistant turn that only calls tools
-        else:
-            content = item[content_key]
-        raw = item[role_key]
-        role = roles.get(raw.strip().lower()) if isinstance(raw, str) else None
-        if role is None:
-            raise DraftVocabError(
-                f"unknown role '{raw}' in {loc.words}; map it with "
-                f"--role-map {raw}=user|assistant|system"
-            )
-        messages.append({"role": role, "content": _content_text(content, where)})
-    return messages
-
-
-# --------------------------------------------------------------------------------------------
 # The reader.
 
 
@@ -666,15 +515,21 @@ class ConversationReader:
             record_stats = stats
         else:
             record_stats = ReadStats()  # bad lines were already counted by the counting pass
+        dropped: Counter[str] = Counter()
         for u, unit in enumerate(self._units):
             wanted, clean = plan[u] if plan is not None else (None, False)
             for loc, record in unit.records(record_stats, self._skip, wanted, clean):
                 if plan is None:
                     stats.records += 1
-                messages = _to_messages(record, loc, self._columns, self._roles)
-                if not messages:
+                try:
+                    chat = record_to_chat(record, loc.words, self._columns, self._roles, dropped)
+                except RecordError as exc:
+                    hint = "use --skip-bad-lines to skip and count such records"
+                    _bad(stats, self._skip, exc.reason, loc, f"{exc} ({hint})")
+                    continue
+                if not chat.messages:
                     stats._skip("empty_conversation")
-                elif not any(m["role"] == "assistant" for m in messages):
+                elif not any(m["role"] == "assistant" for m in chat.messages):
                     stats._skip("no_assistant_turn")
                 else:
                     stats.yielded += 1
@@ -682,9 +537,11 @@ class ConversationReader:
                     if self._columns.group is not None and isinstance(record, dict):
                         value = record.get(self._columns.group)
                         group = None if value is None else str(value)
-                    yield Conversation(messages, loc.tag, group)
+                    yield Conversation(chat.messages, loc.tag, group, chat.tools,
+                                       chat.template_kwargs)
         if stats.records == 0:
             self._raise_empty(stats)
+        stats.dropped_fields = dict(sorted(dropped.items()))
         self.stats = stats
 
     def _sample_plan(self, stats: ReadStats) -> list[tuple[list[int], bool]] | None:
@@ -845,7 +702,7 @@ def read_conversations(
         raise DraftVocabError(f"max_samples must be at least 1, got {max_samples}")
     options = {
         "columns": columns or ColumnMap(),
-        "role_map": _checked_role_map(role_map),
+        "role_map": checked_role_map(role_map),
         "skip_bad_lines": skip_bad_lines,
         "max_samples": max_samples,
         "seed": seed,

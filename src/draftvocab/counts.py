@@ -47,6 +47,12 @@ class TokenCounts:
     def total(self) -> int:
         return int(self.counts.sum())
 
+    def token_strings(self, ids) -> list[str | None]:
+        """The tokenizer's strings of `ids`, as recorded when counting (None for an id never
+        counted, or a file from before strings were recorded)."""
+        table = self.metadata.get("tokens") or {}
+        return [table.get(str(int(i))) for i in ids]
+
     def save(self, path: str | os.PathLike) -> Path:
         from safetensors.numpy import save
 
@@ -81,30 +87,49 @@ class TokenCounts:
         return cls(counts=counts, metadata=meta)
 
 
+def _rule(meta: dict) -> dict:
+    """The supervision rule of a counts file; files from before the rule existed counted
+    assistant content (+ end-of-turn token) of every assistant turn."""
+    return {"supervise": meta.get("supervise", "content"),
+            "leading_assistant": meta.get("leading_assistant", "keep"),
+            "include_eot": meta.get("include_eot")}
+
+
 def merge_counts(parts: Iterable[TokenCounts]) -> TokenCounts:
-    """Sum counts from several shards counted with the same tokenizer, template and V."""
+    """Sum counts from several shards counted with the same tokenizer, template, rule and V."""
     parts = list(parts)
     if not parts:
         raise DraftVocabError("nothing to merge")
-    keys = ("vocab_size", "tokenizer", "chat_template", "include_eot")
+    keys = ("vocab_size", "tokenizer", "chat_template", "supervise", "leading_assistant",
+            "include_eot")
     first = parts[0]
+
+    def value(p: TokenCounts, k: str):
+        return p.vocab_size if k == "vocab_size" else {**p.metadata, **_rule(p.metadata)}.get(k)
+
     for p in parts[1:]:
         for k in keys:
-            a = first.metadata.get(k, first.vocab_size if k == "vocab_size" else None)
-            b = p.metadata.get(k, p.vocab_size if k == "vocab_size" else None)
-            if a != b:
-                raise DraftVocabError(f"cannot merge counts with different {k}: {a} vs {b}")
-    skipped: Counter[str] = Counter()
-    for p in parts:
-        skipped.update(p.metadata.get("skipped", {}))
-    meta = {k: first.metadata.get(k) for k in (*keys, "template_kwargs")}
+            if value(first, k) != value(p, k):
+                raise DraftVocabError(f"cannot merge counts with different {k}: "
+                                      f"{value(first, k)} vs {value(p, k)}")
+    meta = {k: value(first, k) for k in keys if k != "vocab_size"}
+    meta["template_kwargs"] = first.metadata.get("template_kwargs")
     meta.update(
         datasets=[d for p in parts for d in p.metadata.get("datasets", [])],
         conversations=sum(p.metadata.get("conversations", 0) for p in parts),
         supervised_tokens=sum(p.metadata.get("supervised_tokens", 0) for p in parts),
-        skipped=dict(sorted(skipped.items())),
         draftvocab_version=__version__,
     )
+    for k in ("skipped", "left_out", "turn_notes", "dropped_fields"):
+        total: Counter[str] = Counter()
+        for p in parts:
+            total.update(p.metadata.get(k) or {})
+        meta[k] = dict(sorted(total.items()))
+    tokens = {}
+    for p in parts:
+        tokens.update(p.metadata.get("tokens") or {})
+    if tokens:
+        meta["tokens"] = dict(sorted(tokens.items(), key=lambda kv: int(kv[0])))
     counts = np.sum([p.counts for p in parts], axis=0, dtype=np.int64)
     return TokenCounts(counts=counts, metadata=meta)
 
@@ -117,6 +142,10 @@ class _BatchResult:
     skipped: Counter
     used: list[int] = field(default_factory=list)  # batch index of each counted conversation
     sizes: list[int] = field(default_factory=list)  # its number of supervised tokens
+    left_out: Counter = field(default_factory=Counter)  # leading assistant turns, tokens
+    notes: Counter = field(default_factory=Counter)  # turns the template does not render whole
+    examples: dict[str, str] = field(default_factory=dict)  # first conversation per skip reason
+    order: int = 0  # the batch's place in the input
 
     @property
     def conversations(self) -> int:
@@ -126,31 +155,50 @@ class _BatchResult:
 _WORKER_SPANS: ChatSpans | None = None
 
 
-def _count_batch(batch: list[list[dict[str, str]]], spans: ChatSpans | None = None) -> _BatchResult:
+def _chat(conv) -> tuple[Any, Any, Any, str | None]:
+    """messages, tools, template kwargs and source of a `Conversation` or a message list."""
+    return (getattr(conv, "messages", conv), getattr(conv, "tools", None),
+            getattr(conv, "template_kwargs", None), getattr(conv, "source", None))
+
+
+def _count_batch(batch: list, spans: ChatSpans | None = None) -> _BatchResult:
     spans = spans or _WORKER_SPANS
-    skipped: Counter[str] = Counter()
+    res = _BatchResult(np.zeros(0, dtype=np.int64), Counter())
     windows: list = []
     owner: list[int] = []  # which counted conversation each window belongs to
-    used: list[int] = []
-    for i, messages in enumerate(batch):
+    left_texts: list[str] = []
+    for i, conv in enumerate(batch):
+        messages, tools, kwargs, source = _chat(conv)
         try:
-            ws = spans.windows(spans.render(messages))
+            sup = spans.supervise(messages, tools=tools, template_kwargs=kwargs)
         except SpanError as exc:
-            skipped[exc.reason] += 1
+            res.skipped[exc.reason] += 1
+            res.examples.setdefault(exc.reason, f"{source}: {exc}" if source else str(exc))
             continue
-        owner.extend([len(used)] * len(ws))
+        left_texts.extend(sup.left_out)
+        res.notes.update(sup.notes)
+        if not sup.chats:
+            res.skipped["no_prompt"] += 1
+            continue
+        ws = [w for chat in sup.chats for w in spans.windows(chat)]
+        owner.extend([len(res.used)] * len(ws))
         windows.extend(ws)
-        used.append(i)
+        res.used.append(i)
     backend = spans.tokenizer.backend_tokenizer
-    encodings = backend.encode_batch([w.text for w in windows], add_special_tokens=False)
+    encodings = backend.encode_batch([w.text for w in windows] + left_texts,
+                                     add_special_tokens=False)
     supervised: list[int] = []
-    sizes = [0] * len(used)
+    res.sizes = [0] * len(res.used)
     for enc, w, o in zip(encodings, windows, owner):
-        ids = enc.ids
-        for rng in spans.token_ranges(enc, w, ids):
-            supervised.extend(ids[rng.start:rng.stop])
-            sizes[o] += len(rng)
-    return _BatchResult(np.array(supervised, dtype=np.int64), skipped, used, sizes)
+        for ids in spans.span_tokens(enc, w):
+            supervised.extend(ids)
+            res.sizes[o] += len(ids)
+    if left_texts:  # each left-out turn: its text encoded alone, plus its end-of-turn token
+        res.left_out["turns"] += len(left_texts)
+        res.left_out["tokens"] += sum(len(e.ids) for e in encodings[len(windows):]) + (
+            len(left_texts) if spans.include_eot else 0)
+    res.ids = np.array(supervised, dtype=np.int64)
+    return res
 
 
 def _init_worker(spans: ChatSpans) -> None:
@@ -178,40 +226,68 @@ def _counted(conversations: Iterable, spans: ChatSpans, batch_size: int,
              workers: int | None) -> Iterator[tuple[list, _BatchResult]]:
     """(batch, its _BatchResult) for every batch, rendered and tokenised by `workers` processes
     (default: all cores), at most two batches per worker in flight so memory stays flat;
-    in completion order (everything downstream sums)."""
+    in completion order (everything downstream sums; `_BatchResult.order` is the input
+    order, for what must not depend on timing)."""
     workers = workers or os.cpu_count() or 1
-    batches = _raw_batches(conversations, batch_size)
+    batches = enumerate(_raw_batches(conversations, batch_size))
     if workers == 1:
-        for batch in batches:
-            yield batch, _count_batch([getattr(c, "messages", c) for c in batch], spans)
+        for order, batch in batches:
+            res = _count_batch(batch, spans)
+            res.order = order
+            yield batch, res
         return
     ctx = multiprocessing.get_context("fork")
     with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
                              initargs=(spans,)) as pool:
-        pending: dict[Future, list] = {}
-        for batch in batches:
-            pending[pool.submit(_count_batch, [getattr(c, "messages", c) for c in batch])] = batch
+        pending: dict[Future, tuple[int, list]] = {}
+
+        def result(fut: Future) -> tuple[list, _BatchResult]:
+            order, batch = pending.pop(fut)
+            res = fut.result()
+            res.order = order
+            return batch, res
+
+        for order, batch in batches:
+            pending[pool.submit(_count_batch, batch)] = (order, batch)
             if len(pending) >= 2 * workers:
                 done, _ = wait(pending, return_when=FIRST_COMPLETED)
                 for fut in done:
-                    yield pending.pop(fut), fut.result()
+                    yield result(fut)
         for fut in as_completed(list(pending)):
-            yield pending.pop(fut), fut.result()
+            yield result(fut)
+
+
+def _first_examples(examples: dict[str, tuple[int, str]], res: _BatchResult) -> None:
+    """Keep, per skip reason, the example from the earliest batch (not the first finished)."""
+    for reason, text in res.examples.items():
+        if reason not in examples or res.order < examples[reason][0]:
+            examples[reason] = (res.order, text)
 
 
 def iter_supervised(conversations: Iterable, spans: ChatSpans, vocab_size: int, *,
                     batch_size: int = 64, workers: int | None = None,
-                    skipped: Counter | None = None) -> Iterator[tuple[Any, np.ndarray]]:
+                    skipped: Counter | None = None,
+                    examples: dict[str, tuple[int, str]] | None = None
+                    ) -> Iterator[tuple[Any, np.ndarray]]:
     """(conversation, its supervised token ids) for every usable conversation, tokenised by
-    `workers` processes like `count_tokens`; in completion order, not input order. For
-    analyses that need counts per conversation or per group (`Conversation.group`)."""
+    `workers` processes like `count_tokens`, in input order (so that seeded subsets of them,
+    as `stability` draws, are the same on every run). For analyses that need counts per
+    conversation or per group (`Conversation.group`). `skipped` and `examples` (first
+    conversation per skip reason) are filled in as it goes."""
     skipped = Counter() if skipped is None else skipped
+    examples = {} if examples is None else examples
+    waiting: dict[int, tuple[list, _BatchResult]] = {}  # at most the batches in flight
+    done = 0
     for batch, res in _counted(conversations, spans, batch_size, workers):
-        check_ids(res.ids, vocab_size)
-        skipped.update(res.skipped)
-        parts = np.split(res.ids, np.cumsum(res.sizes)[:-1]) if res.used else []
-        for i, ids in zip(res.used, parts):
-            yield batch[i], ids
+        waiting[res.order] = (batch, res)
+        while done in waiting:
+            batch, res = waiting.pop(done)
+            done += 1
+            check_ids(res.ids, vocab_size)
+            skipped.update(res.skipped)
+            _first_examples(examples, res)
+            parts = np.split(res.ids, np.cumsum(res.sizes)[:-1]) if res.used else []
+            yield from zip((batch[i] for i in res.used), parts)
 
 
 def count_by_group(conversations: Iterable, spans: ChatSpans, vocab_size: int,
@@ -249,39 +325,61 @@ def count_tokens(
     """
     counts = np.zeros(vocab_size, dtype=np.int64)
     skipped: Counter[str] = Counter()
+    extra: dict[str, Any] = {"left_out": Counter(), "turn_notes": Counter(),
+                             "skipped_examples": {}}
     conversations_counted = 0
     for _, res in _counted(conversations, spans, batch_size, workers):
         if res.ids.size:
             check_ids(res.ids, vocab_size)
             counts += np.bincount(res.ids, minlength=vocab_size)
         skipped.update(res.skipped)
+        _first_examples(extra["skipped_examples"], res)
+        extra["left_out"].update(res.left_out)
+        extra["turn_notes"].update(res.notes)
         conversations_counted += res.conversations
         if progress:
             progress(res.conversations + sum(res.skipped.values()), res.ids.size)
 
-    reader_stats = getattr(getattr(conversations, "stats", None), "skipped", None) or {}
-    skipped.update(reader_stats)
+    read = getattr(conversations, "stats", None)
+    skipped.update(getattr(read, "skipped", None) or {})
+    extra["dropped_fields"] = getattr(read, "dropped_fields", None) or {}
     return finish_counts(counts, spans, conversations_counted, skipped,
-                         [dataset_fingerprint] if dataset_fingerprint else [])
+                         [dataset_fingerprint] if dataset_fingerprint else [], extra)
 
 
 def finish_counts(counts: np.ndarray, spans: ChatSpans, conversations: int, skipped: Counter,
-                  datasets: list[dict[str, Any]]) -> TokenCounts:
-    """The counts artefact with its metadata (tokenizer and template identity, inputs, skips),
-    whichever engine counted."""
+                  datasets: list[dict[str, Any]],
+                  extra: dict[str, Any] | None = None) -> TokenCounts:
+    """The counts artefact with its metadata (tokenizer and template identity, the rule and
+    template arguments, inputs, skips, left-out turns), whichever engine counted. It carries
+    the token strings of every counted id, so `optimize --counts` needs no tokenizer."""
+    extra = extra or {}
     if conversations == 0:
         reasons = ", ".join(f"{k}={v}" for k, v in sorted(skipped.items())) or "no records"
-        raise DraftVocabError(f"no usable conversations to count ({reasons})")
+        examples = {k: v[1] if isinstance(v, tuple) else v
+                    for k, v in extra.get("skipped_examples", {}).items()}
+        first = "; ".join(f"{k}: {v}" for k, v in sorted(examples.items()))
+        raise DraftVocabError(f"no usable conversations to count ({reasons})"
+                              + (f"; first: {first}" if first else ""))
     tok = spans.tokenizer
+    seen = np.flatnonzero(counts)
+    n_tok = len(tok)
+    strings = tok.convert_ids_to_tokens([int(i) for i in seen if i < n_tok])
     metadata = {
         "tokenizer": tokenizer_fingerprint(tok),
         "chat_template": {"sha256": sha256_text(tok.chat_template)},
         "template_kwargs": spans.template_kwargs,
-        "include_eot": spans.include_eot,
+        **spans.rule,
         "datasets": datasets,
         "conversations": conversations,
         "supervised_tokens": int(counts.sum()),
         "skipped": dict(sorted(skipped.items())),
+        "skipped_examples": {k: v[1] if isinstance(v, tuple) else v
+                             for k, v in sorted(extra.get("skipped_examples", {}).items())},
+        "left_out": dict(sorted(extra.get("left_out", {}).items())),
+        "turn_notes": dict(sorted(extra.get("turn_notes", {}).items())),
+        "dropped_fields": dict(sorted(extra.get("dropped_fields", {}).items())),
+        "tokens": {str(int(i)): t for i, t in zip(seen, strings)},
         "draftvocab_version": __version__,
     }
     return TokenCounts(counts=counts, metadata=metadata)

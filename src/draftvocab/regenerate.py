@@ -2,8 +2,9 @@
 
 Owns the alignment step of EAGLE-style draft training (the draft learns what the target
 writes): system/user/tool turns are kept, each assistant turn is replaced, turn by turn, by the
-target's own continuation (batched, left-padded `generate`), and finished conversations are
-appended to a resumable JSONL file. Reading datasets is `conversations.py`'s job.
+target's own continuation (batched, left-padded `generate`), kept verbatim — reasoning and
+tool-call markup included — and finished conversations are appended to a resumable JSONL
+file. Reading datasets is `conversations.py`'s job.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import torch
 
 from draftvocab.conversations import Conversation
 from draftvocab.errors import DraftVocabError
+from draftvocab.spans import LEADING_ASSISTANT, PROMPT_ROLES
 from draftvocab.target import Target
 
 __all__ = ["TURNS", "RegenerateStats", "check_options", "finished_ids", "regenerate"]
@@ -48,7 +50,7 @@ class RegenerateStats:
 
 
 def check_options(*, batch_size: int, max_new_tokens: int, temperature: float, top_p: float,
-                  turns: str) -> None:
+                  turns: str, leading_assistant: str = "drop") -> None:
     """Raise `DraftVocabError` for option values `regenerate` cannot run with."""
     if batch_size < 1:
         raise DraftVocabError(f"batch size must be at least 1, got {batch_size}")
@@ -60,6 +62,9 @@ def check_options(*, batch_size: int, max_new_tokens: int, temperature: float, t
         raise DraftVocabError(f"top_p must be in (0, 1], got {top_p}")
     if turns not in TURNS:
         raise DraftVocabError(f"turns must be one of {', '.join(TURNS)}, got '{turns}'")
+    if leading_assistant not in LEADING_ASSISTANT:
+        raise DraftVocabError(f"leading-assistant must be one of {', '.join(LEADING_ASSISTANT)}, "
+                              f"got '{leading_assistant}'")
 
 
 def finished_ids(path: str | os.PathLike) -> set[str]:
@@ -119,6 +124,7 @@ class _Settings:
     pad_id: int
     stop_ids: list[int]
     max_prompt_tokens: int | None = None
+    keep_leading: bool = False
 
 
 @dataclass
@@ -131,24 +137,47 @@ class _Work:
     turns_done: int = 0
     generated_tokens: int = 0
 
-    def advance(self, first_only: bool) -> bool:
-        """Copy input messages up to the next assistant turn; False when none is left to write."""
+    def advance(self, first_only: bool, keep_leading: bool = False) -> bool:
+        """Copy input messages up to the next assistant turn; False when none is left to write.
+
+        An assistant turn with no user or tool turn before it answers no prompt (a system
+        prompt alone is none): it is dropped, or with `keep_leading` copied as it is.
+        """
         source = self.conversation.messages
         if first_only and self.turns_done:
             return False  # later turns would condition on the input's, not the target's, replies
         while self.next < len(source):
             message = source[self.next]
-            if message["role"] == "assistant" and self.messages:
-                return True
-            if message["role"] != "assistant":
+            if message["role"] != "assistant" or keep_leading:
+                if message["role"] == "assistant" and self._prompted():
+                    return True
                 self.messages.append(dict(message))
-            # else: an assistant turn with nothing before it answers no prompt; it is dropped
+            elif self._prompted():
+                return True
             self.next += 1
         return False
 
-    def record(self) -> dict[str, Any]:
-        return {"id": self.conversation.source, "messages": self.messages,
-                "generated_tokens": self.generated_tokens}
+    def _prompted(self) -> bool:
+        return any(m["role"] in PROMPT_ROLES for m in self.messages)
+
+    truncated_turns: int = 0
+
+    def record(self, template_kwargs: dict[str, Any]) -> dict[str, Any]:
+        """The output line: the tools and template arguments the prompts were rendered with
+        go along, so that counting the file renders exactly those prompts again."""
+        out: dict[str, Any] = {"id": self.conversation.source, "messages": self.messages}
+        if self.conversation.tools:
+            out["tools"] = self.conversation.tools
+        kwargs = self.template_kwargs(template_kwargs)
+        if kwargs:
+            out["chat_template_kwargs"] = kwargs
+        out["generated_tokens"] = self.generated_tokens
+        if self.truncated_turns:
+            out["truncated_turns"] = self.truncated_turns
+        return out
+
+    def template_kwargs(self, base: dict[str, Any]) -> dict[str, Any]:
+        return {**base, **(self.conversation.template_kwargs or {})}
 
 
 def regenerate(
@@ -164,16 +193,22 @@ def regenerate(
     turns: str = "all",
     template_kwargs: dict[str, Any] | None = None,
     max_prompt_tokens: int | None = None,
+    leading_assistant: str = "drop",
     progress: Callable[[int, int], None] | None = None,
 ) -> RegenerateStats:
     """Replace each assistant turn with the target's own reply; append conversations to JSONL.
 
     Each line of `out_path` is `{"id": conversation.source, "messages": [...],
-    "generated_tokens": n}`. Conversations whose id is already there are skipped, so an
+    "generated_tokens": n}`, plus the record's `tools` and the template arguments used
+    (`chat_template_kwargs`), and `truncated_turns` when a reply hit `max_new_tokens`. A reply
+    is kept exactly as generated (special tokens, reasoning and tool-call markup included,
+    nothing stripped) less its stop token, with the ids themselves in `token_ids`, so counting
+    the file gives back the generated ids (plus an end-of-turn token for each truncated turn).
+    Conversations whose id is already there are skipped, so an
     interrupted run resumes where it stopped. `temperature=0` is greedy; otherwise sampling
     with `top_p`, seeded per batch from `seed`. `turns="first"` regenerates only the first
-    assistant turn and drops what follows it. Assistant turns that open a conversation answer
-    no prompt and are dropped. Skipped, by `stats.skipped` reason: a conversation with a prompt
+    assistant turn and drops what follows it. Assistant turns with no user or tool turn before
+    them answer no prompt: dropped, or with `leading_assistant="keep"` copied unchanged. Skipped, by `stats.skipped` reason: a conversation with a prompt
     longer than the model's context minus `max_new_tokens`, or than `max_prompt_tokens`
     ("too_long": a training set cut at a few hundred tokens has no use for them, and one
     multi-thousand-token prompt slows its whole batch), and one left with no
@@ -185,17 +220,19 @@ def regenerate(
     >>> stats.written, stats.tokens_per_s
     """
     check_options(batch_size=batch_size, max_new_tokens=max_new_tokens, temperature=temperature,
-                  top_p=top_p, turns=turns)
+                  top_p=top_p, turns=turns, leading_assistant=leading_assistant)
     out_path = Path(out_path)
     done = finished_ids(out_path)
     settings = _settings(target, max_new_tokens, temperature, top_p, turns, template_kwargs,
                          max_prompt_tokens)
+    settings.keep_leading = leading_assistant == "keep"
     stats = RegenerateStats()
     start = time.perf_counter()
     with _open_for_append(out_path) as out:
         for batch in _batches(conversations, done, batch_size, stats, progress):
             finished = _regenerate_batch(batch, target, settings, seed, stats, progress)
-            lines = [json.dumps(w.record(), ensure_ascii=False) + "\n" for w in finished]
+            lines = [json.dumps(w.record(settings.template_kwargs), ensure_ascii=False) + "\n"
+                     for w in finished]
             out.write("".join(lines).encode())
             out.flush()
             os.fsync(out.fileno())
@@ -261,8 +298,9 @@ def _regenerate_batch(batch: list[_Work], target: Target, settings: _Settings, s
         torch.manual_seed(_batch_seed(seed, batch))
         while True:
             active = [i for i, w in enumerate(batch)
-                      if i not in too_long and w.advance(settings.first_only)]
-            prompts = {i: target.prompt_ids(batch[i].messages, **settings.template_kwargs) for i in active}
+                      if i not in too_long
+                      and w.advance(settings.first_only, settings.keep_leading)]
+            prompts = {i: _prompt(target, batch[i], settings) for i in active}
             for i in [i for i in active if len(prompts[i]) > limit]:
                 too_long.add(i)
                 active.remove(i)
@@ -271,10 +309,17 @@ def _regenerate_batch(batch: list[_Work], target: Target, settings: _Settings, s
             replies = _generate(target, [prompts[i] for i in active], settings)
             for i, reply in zip(active, replies, strict=True):
                 w = batch[i]
-                text = target.tokenizer.decode(reply, skip_special_tokens=True).strip()
-                w.messages.append({"role": "assistant", "content": text})
+                # Exactly what the target wrote, reasoning and tool-call markup included, less
+                # the stop token the template writes back as the end of the turn.
+                stopped = bool(reply) and reply[-1] in settings.stop_ids
+                ids = reply[:-1] if stopped else reply
+                text = target.tokenizer.backend_tokenizer.decode(ids, skip_special_tokens=False)
+                # The ids go along: the text need not re-tokenise to them (a model may write
+                # " a"+"va" where its tokenizer would cut " av"+"a").
+                w.messages.append({"role": "assistant", "content": text, "token_ids": ids})
                 w.next += 1
                 w.turns_done += 1
+                w.truncated_turns += not stopped
                 w.generated_tokens += len(reply)
             tokens = sum(map(len, replies))
             stats.generated_tokens += tokens
@@ -290,6 +335,13 @@ def _regenerate_batch(batch: list[_Work], target: Target, settings: _Settings, s
     return finished
 
 
+
+
+def _prompt(target: Target, work: _Work, settings: _Settings) -> list[int]:
+    kwargs = work.template_kwargs(settings.template_kwargs)
+    tools = work.conversation.tools or kwargs.pop("tools", None)
+    kwargs.pop("tools", None)
+    return target.prompt_ids(work.messages, tools=tools, **kwargs)
 
 
 def _generate(target: Target, prompts: list[list[int]], settings: _Settings) -> list[list[int]]:

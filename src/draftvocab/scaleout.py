@@ -18,9 +18,10 @@ from typing import Any
 
 import numpy as np
 
-from draftvocab.conversations import DEFAULT_ROLES, ColumnMap, _checked_role_map, _Loc, _to_messages
+from draftvocab.conversations import Conversation
 from draftvocab.counts import TokenCounts, _count_batch, check_ids, finish_counts
 from draftvocab.errors import DraftVocabError
+from draftvocab.messages import DEFAULT_ROLES, ColumnMap, checked_role_map, record_to_chat
 from draftvocab.spans import ChatSpans
 
 ENGINES = ("datasets", "ray")
@@ -38,33 +39,45 @@ def _drop_nulls(value: Any) -> Any:
 
 def _batch_counts(records: list[dict], spans: ChatSpans, columns: ColumnMap,
                   roles: dict[str, str]) -> dict[str, Any]:
-    """Sparse supervised-token counts of one batch of raw records."""
-    messages, skipped = [], Counter()
+    """Sparse supervised-token counts of one batch of raw records, with its statistics."""
+    conversations, skipped, dropped = [], Counter(), Counter()
     for i, record in enumerate(records):
-        msgs = _to_messages(_drop_nulls(record), _Loc("batch", i, False), columns, roles)
-        if not msgs:
+        chat = record_to_chat(_drop_nulls(record), f"batch record {i}", columns, roles, dropped)
+        if not chat.messages:
             skipped["empty_conversation"] += 1
-        elif not any(m["role"] == "assistant" for m in msgs):
+        elif not any(m["role"] == "assistant" for m in chat.messages):
             skipped["no_assistant_turn"] += 1
         else:
-            messages.append(msgs)
-    res = _count_batch(messages, spans)
+            conversations.append(Conversation(chat.messages, f"record {i}", None, chat.tools,
+                                              chat.template_kwargs))
+    res = _count_batch(conversations, spans)
     skipped.update(res.skipped)
     ids, counts = np.unique(res.ids, return_counts=True)
     return {"ids": ids.astype(np.int64), "counts": counts.astype(np.int64),
-            "conversations": res.conversations, "skipped": dict(skipped)}
+            "conversations": res.conversations, "skipped": dict(skipped),
+            "stats": {"left_out": dict(res.left_out), "turn_notes": dict(res.notes),
+                      "dropped_fields": dict(dropped),
+                      "skipped_examples": {k: f"{v} (in a batch)"
+                                           for k, v in res.examples.items()}}}
 
 
-def _absorb(parts, vocab_size: int) -> tuple[np.ndarray, int, Counter]:
+def _absorb(parts, vocab_size: int) -> tuple[np.ndarray, int, Counter, dict[str, Any]]:
     total = np.zeros(vocab_size, dtype=np.int64)
     conversations, skipped = 0, Counter()
+    extra: dict[str, Any] = {"left_out": Counter(), "turn_notes": Counter(),
+                             "dropped_fields": Counter(), "skipped_examples": {}}
     for part in parts:
         ids = np.asarray(part["ids"], dtype=np.int64)
         check_ids(ids, vocab_size)
         np.add.at(total, ids, np.asarray(part["counts"], dtype=np.int64))
         conversations += int(part["conversations"])
         skipped.update({k: v for k, v in (part["skipped"] or {}).items() if v})
-    return total, conversations, skipped
+        stats = dict(part["stats"] or {})
+        for reason, text in (stats.pop("skipped_examples", None) or {}).items():
+            extra["skipped_examples"].setdefault(reason, text)
+        for key, values in stats.items():
+            extra[key].update({k: v for k, v in (values or {}).items() if v})
+    return total, conversations, skipped, extra
 
 
 def _builder(files: Sequence[str]) -> str:
@@ -102,7 +115,7 @@ def count_with_datasets(files: Sequence[str], spans: ChatSpans, vocab_size: int,
     import datasets
 
     columns = columns or ColumnMap()
-    roles = {**DEFAULT_ROLES, **_checked_role_map(role_map)}
+    roles = {**DEFAULT_ROLES, **checked_role_map(role_map)}
     datasets.disable_progress_bars()
     ds = datasets.load_dataset(_builder(files), data_files=list(files), split="train")
 
@@ -112,15 +125,16 @@ def count_with_datasets(files: Sequence[str], spans: ChatSpans, vocab_size: int,
         out = _batch_counts(records, spans, columns, roles)
         return {"ids": [out["ids"]], "counts": [out["counts"]],
                 "conversations": [out["conversations"]],
-                "skipped": [json.dumps(out["skipped"])]}
+                "skipped": [json.dumps(out["skipped"])], "stats": [json.dumps(out["stats"])]}
 
     parts = ds.map(fn, batched=True, batch_size=batch_size, num_proc=num_proc,
                    remove_columns=ds.column_names, load_from_cache_file=False)
-    total, conversations, skipped = _absorb(
+    total, conversations, skipped, extra = _absorb(
         ({"ids": r["ids"], "counts": r["counts"], "conversations": r["conversations"],
-          "skipped": json.loads(r["skipped"])} for r in parts), vocab_size)
+          "skipped": json.loads(r["skipped"]), "stats": json.loads(r["stats"])} for r in parts),
+        vocab_size)
     return finish_counts(total, spans, conversations, skipped,
-                         [{"kind": "files", "engine": "datasets", "files": list(files)}])
+                         [{"kind": "files", "engine": "datasets", "files": list(files)}], extra)
 
 
 def count_with_ray(files: Sequence[str], spans: ChatSpans, vocab_size: int, *,
@@ -134,7 +148,7 @@ def count_with_ray(files: Sequence[str], spans: ChatSpans, vocab_size: int, *,
         raise DraftVocabError("the ray engine needs Ray Data: pip install 'draftvocab[ray]'") from None
 
     columns = columns or ColumnMap()
-    roles = {**DEFAULT_ROLES, **_checked_role_map(role_map)}
+    roles = {**DEFAULT_ROLES, **checked_role_map(role_map)}
     if not ray.is_initialized():
         ray.init(address=address, include_dashboard=False, log_to_driver=False,
                  configure_logging=False)
@@ -148,10 +162,11 @@ def count_with_ray(files: Sequence[str], spans: ChatSpans, vocab_size: int, *,
         ids, counts = np.empty(1, dtype=object), np.empty(1, dtype=object)
         ids[0], counts[0] = out["ids"], out["counts"]
         return {"ids": ids, "counts": counts, "conversations": np.array([out["conversations"]]),
-                "skipped": skipped}
+                "skipped": skipped, "stats": np.array([json.dumps(out["stats"])])}
 
     parts = ds.map_batches(fn, batch_size=batch_size, batch_format="pyarrow")
-    total, conversations, skipped = _absorb(
-        ({**r, "skipped": json.loads(r["skipped"])} for r in parts.iter_rows()), vocab_size)
+    total, conversations, skipped, extra = _absorb(
+        ({**r, "skipped": json.loads(r["skipped"]), "stats": json.loads(r["stats"])}
+         for r in parts.iter_rows()), vocab_size)
     return finish_counts(total, spans, conversations, skipped,
-                         [{"kind": "files", "engine": "ray", "files": list(files)}])
+                         [{"kind": "files", "engine": "ray", "files": list(files)}], extra)

@@ -129,9 +129,13 @@ class TrainResult:
 
 
 def encode_conversations(conversations: Iterable, tokenizer, max_len: int,
-                         template_kwargs: dict | None = None) -> tuple[list[Example], dict]:
+                         template_kwargs: dict | None = None, *, spans=None
+                         ) -> tuple[list[Example], dict]:
     """Conversations (`Conversation`s or message lists) -> `Example`s truncated to max_len.
 
+    The supervised tokens are the ones `count` counts (`spans.ChatSpans`, default rule: what
+    the target generates, leading assistant turns left out); a conversation whose turns need
+    separate texts (reasoning an earlier turn's render drops) gives one example per text.
     Conversations whose spans cannot be located, or with nothing supervised to predict after
     truncation, are skipped and counted by reason.
 
@@ -139,20 +143,31 @@ def encode_conversations(conversations: Iterable, tokenizer, max_len: int,
     """
     from draftvocab.spans import ChatSpans, SpanError
 
-    spans = ChatSpans(tokenizer, template_kwargs=template_kwargs)
+    spans = spans or ChatSpans(tokenizer, template_kwargs=template_kwargs)
     examples, skipped = [], {}
+
+    def skip(reason: str) -> None:
+        skipped[reason] = skipped.get(reason, 0) + 1
+
     for conv in conversations:
         messages = getattr(conv, "messages", conv)
         try:
-            ids, mask = spans.supervised_tokens(messages)
+            sequences = spans.supervised_sequences(
+                messages, tools=getattr(conv, "tools", None),
+                template_kwargs=getattr(conv, "template_kwargs", None))
         except SpanError as exc:
-            skipped[exc.reason] = skipped.get(exc.reason, 0) + 1
+            skip(exc.reason)
             continue
-        ids, mask = ids[:max_len], mask[:max_len]
-        if not mask[2:].any():  # the first label is token 2 (EAGLE alignment)
-            skipped["nothing_supervised"] = skipped.get("nothing_supervised", 0) + 1
-            continue
-        examples.append(Example(ids, mask))
+        if not sequences:
+            skip("no_prompt")
+        kept = 0
+        for ids, mask in sequences:
+            ids, mask = ids[:max_len], mask[:max_len]
+            if mask[2:].any():  # the first label is token 2 (EAGLE alignment)
+                examples.append(Example(ids, mask))
+                kept += 1
+        if sequences and not kept:
+            skip("nothing_supervised")
     return examples, skipped
 
 
