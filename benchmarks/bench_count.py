@@ -2,8 +2,10 @@
 
 1. Counting (render + tokenise + mask + bincount, all cores) vs raw `tokenizers.encode_batch`
    of the very same rendered texts, interleaved, on >= 2,000 real ShareGPT conversations.
-   Target: ratio >= 0.9. Counting encodes only the windows around assistant contents (see
-   `spans.py`); the whole-text mode, which encodes everything, is timed beside it.
+   Target: ratio >= 0.9. Counting encodes only the windows around supervised text (see
+   `spans.py`); the whole-text mode, which encodes everything, is timed beside it, and so is
+   the rule before generated tokens were counted (`--supervise content`, leading assistant
+   turns kept): the new rule renders each turn twice, and must not be slower.
 2. Peak memory of `draftvocab count` (whole process tree, polled) on N and 10xN conversations:
    streaming keeps it flat.
 3. `exact` vs `tpe` wall time at V = 128,256 (Llama-3) and V = 151,936 (Qwen). Target: exact
@@ -41,48 +43,55 @@ QWEN3_06B = {"hidden_size": 1024, "intermediate_size": 3072, "num_attention_head
 
 
 def throughput(n: int, repeats: int) -> dict:
-    """Same conversations, interleaved: raw encode_batch of the full renders, then counting
-    with windows (the default) and with whole texts. Rates are full rendered tokens per second
-    for all three, so each ratio is a ratio of wall times."""
+    """Same conversations, interleaved: raw encode_batch of the full renders; counting under
+    the rule before reasoning and tool calls were counted (content + end-of-turn of every
+    assistant turn) and under today's default (every generated token of each turn that
+    answers a prompt), with windows, and the default again encoding whole texts. Rates are
+    full rendered tokens per second for all, so each ratio is a ratio of wall times."""
     preset = get_preset("llama3.1-8b")
     tok = preset.load_tokenizer()
-    spans = ChatSpans(tok, template_kwargs=preset.template_kwargs)
-    whole = ChatSpans(tok, template_kwargs=preset.template_kwargs, windows=False)
+    kw = preset.template_kwargs
+    before = ChatSpans(tok, template_kwargs=kw, supervise="content", leading_assistant="keep")
+    after = ChatSpans(tok, template_kwargs=kw)
+    whole = ChatSpans(tok, template_kwargs=kw, windows=False)
     reader = read_conversations(preset.dataset_path(), skip_bad_lines=True, max_samples=n, seed=0)
     convs = [c.messages for c in reader]
     texts = []
     for m in convs:
         try:
-            texts.append(spans.render(m).text)
+            texts.append(before.supervise(m).chats[0].text)
         except SpanError:
             pass
     backend = tok.backend_tokenizer
     rows = []
-    for _ in range(repeats):  # interleaved: each repeat runs all three
+    for _ in range(repeats):  # interleaved: each repeat runs all four
         t0 = time.perf_counter()
         enc = backend.encode_batch(texts, add_special_tokens=False)
         raw_s = time.perf_counter() - t0
         n_tokens = sum(len(e.ids) for e in enc)
         del enc
-        t0 = time.perf_counter()
-        counts = count_tokens(convs, spans, 128256)
-        ours_s = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        whole_counts = count_tokens(convs, whole, 128256)
-        whole_s = time.perf_counter() - t0
-        assert np.array_equal(counts.counts, whole_counts.counts)
-        rows.append({"raw": n_tokens / raw_s, "count": n_tokens / ours_s,
-                     "whole": n_tokens / whole_s, "ratio": raw_s / ours_s,
-                     "ratio_whole": raw_s / whole_s})
+        timings, results = {}, {}
+        for name, spans in (("before", before), ("after", after), ("whole", whole)):
+            t0 = time.perf_counter()
+            results[name] = count_tokens(convs, spans, 128256)
+            timings[name] = time.perf_counter() - t0
+        assert np.array_equal(results["after"].counts, results["whole"].counts)
+        rows.append({"raw": n_tokens / raw_s,
+                     **{name: n_tokens / sec for name, sec in timings.items()},
+                     **{f"ratio_{name}": raw_s / sec for name, sec in timings.items()}})
     med = {k: statistics.median(r[k] for r in rows) for k in rows[0]}
     return {
         "conversations": len(convs), "rendered_tokens": n_tokens,
-        "supervised_tokens": counts.total,
+        "supervised_tokens_before": results["before"].total,
+        "supervised_tokens": results["after"].total,
         "raw_encode_batch_tokens_per_s": med["raw"],
-        "count_tokens_per_s": med["count"],
+        "count_before_tokens_per_s": med["before"],
+        "count_tokens_per_s": med["after"],
         "count_whole_text_tokens_per_s": med["whole"],
-        "ratio_median": med["ratio"],
-        "ratio_each": [round(r["ratio"], 3) for r in rows],
+        "ratio_before_median": med["ratio_before"],
+        "ratio_median": med["ratio_after"],
+        "ratio_each": [round(r["ratio_after"], 3) for r in rows],
+        "after_over_before": med["after"] / med["before"],
         "ratio_whole_text_median": med["ratio_whole"],
     }
 
@@ -153,9 +162,14 @@ def main() -> None:
                                                                           args.repeats)}
     t = results["throughput"]
     print(f"counting on {t['conversations']:,} ShareGPT conversations "
-          f"({t['rendered_tokens']:,} rendered tokens, {t['supervised_tokens']:,} supervised):")
+          f"({t['rendered_tokens']:,} rendered tokens, {t['supervised_tokens']:,} supervised; "
+          f"{t['supervised_tokens_before']:,} under the content rule):")
     print(f"  raw encode_batch   {t['raw_encode_batch_tokens_per_s'] / 1e3:9,.0f}k tok/s")
-    print(f"  draftvocab count   {t['count_tokens_per_s'] / 1e3:9,.0f}k tok/s  (windows, default)")
+    print(f"  count, before      {t['count_before_tokens_per_s'] / 1e3:9,.0f}k tok/s"
+          f"  (--supervise content --leading-assistant keep; ratio "
+          f"{t['ratio_before_median']:.3f})")
+    print(f"  draftvocab count   {t['count_tokens_per_s'] / 1e3:9,.0f}k tok/s  (windows, default;"
+          f" {t['after_over_before']:.3f}x before)")
     print(f"  whole-text count   {t['count_whole_text_tokens_per_s'] / 1e3:9,.0f}k tok/s"
           f"  (ratio {t['ratio_whole_text_median']:.3f}, encodes every rendered token)")
     print(f"  ratio (median of {args.repeats}) {t['ratio_median']:.3f}  each: {t['ratio_each']}"
