@@ -130,8 +130,8 @@ def test_analysis_commands_end_to_end(tmp_path, load_tok):
     assert rep["analyses"] == ["coverage", "missing", "stability", "sweep"]
     html = (run / "report.html").read_text()
     assert "Coverage on evaluation data" in html and "data:image/png;base64," in html
-    # Evaluation tokenised differently from the vocabulary's counts: refused.
+    # Evaluation against another model (V = 49,152, not 128,256): refused before counting.
     fail("coverage", data, "--run", run, "--preset", "smollm2-135m", "--workers", "1",
-         words=("tokenizer", "differs"))
+         words=("V=128,256", "vocab_size 49,152", "--preset"))
     fail("coverage", data, words=("exactly one of",))
     fail("report", tmp_path, words=("summary.json",))

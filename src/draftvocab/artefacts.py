@@ -63,8 +63,10 @@ def write_run(
     inputs: dict[str, Any],
     decode: Callable[[list[int]], list[str]] | None = None,
     plots: bool = True,
+    extra_files: dict[str, str] | None = None,
 ) -> tuple[Path, dict[str, Any]]:
-    """Write the whole run directory atomically; returns its path and the summary dict."""
+    """Write the whole run directory atomically; returns its path and the summary dict.
+    `extra_files` (name -> text) go into the same directory, swapped in with it."""
     summary = summary_dict(result, flops, counts, inputs)
     mapping = build_mapping(counts.counts, result.chosen.k)
     out_dir = Path(out_dir)
@@ -82,6 +84,8 @@ def write_run(
         if plots:
             plot_utility(objective, result, tmp / "utility.png")
             plot_pareto(objective, result, tmp / "pareto.png")
+        for name, text in (extra_files or {}).items():
+            (tmp / name).write_text(text)
         summary["files"] = sorted(p.name for p in tmp.iterdir()) + [SUMMARY]
         (tmp / SUMMARY).write_text(json.dumps(summary, indent=2))
     return out_dir, summary

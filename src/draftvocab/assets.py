@@ -85,41 +85,76 @@ def load_tokenizer(
     `chat_template` (a path to a .jinja file or the template text) overrides the tokenizer's own.
     `special_tokens` sets bos/eos/pad where the files don't (e.g. the bare Llama-3 tokenizer.json).
     """
-    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+    from transformers import AutoTokenizer
 
     path = Path(path)
     special_tokens = special_tokens or {}
     if not path.exists():
         raise DraftVocabError(f"no such tokenizer file or directory: {path}")
+    template = read_chat_template(chat_template) if chat_template is not None else None
     if path.suffix == ".gguf":
         tok_file, config = _gguf_cached(path)
         special = {**config["_draftvocab_special_tokens"], **special_tokens}
-        tok = PreTrainedTokenizerFast(tokenizer_file=str(tok_file), **special)
+        tok = _fast_tokenizer(tok_file, path, special)
         tok.chat_template = config["_draftvocab_chat_template"]
     elif path.is_file():
-        tok = PreTrainedTokenizerFast(tokenizer_file=str(path), **special_tokens)
+        tok = _fast_tokenizer(path, path, special_tokens)
     else:
+        names = {p.name for p in path.iterdir()}
+        if not names & {"tokenizer.json", "tokenizer_config.json"}:
+            raise DraftVocabError(f"{path} holds no tokenizer (no tokenizer.json or "
+                                  "tokenizer_config.json); give the tokenizer's directory or file")
         try:
             tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True, **special_tokens)
-        except (OSError, ValueError) as exc:
-            raise DraftVocabError(f"cannot load tokenizer from {path}: {exc}") from None
+        except Exception as exc:  # noqa: BLE001 - transformers raises many kinds here
+            raise DraftVocabError(f"cannot load the tokenizer in {path}: "
+                                  f"{_first_line(exc)}") from None
         if not getattr(tok, "is_fast", False):
             raise DraftVocabError(f"tokenizer in {path} is not a fast (tokenizers) tokenizer")
-    if chat_template is not None:
-        tok.chat_template = read_chat_template(chat_template)
+    if template is not None:
+        tok.chat_template = template
     tok.name_or_path = str(path)
     return tok
 
 
+def _fast_tokenizer(file: Path, shown: Path, special_tokens: dict[str, str]):
+    from transformers import PreTrainedTokenizerFast
+
+    try:
+        return PreTrainedTokenizerFast(tokenizer_file=str(file), **special_tokens)
+    except Exception as exc:  # noqa: BLE001 - the tokenizers library raises a bare Exception
+        raise DraftVocabError(f"{shown} is not a tokenizer file (tokenizer.json): "
+                              f"{_first_line(exc)}") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    return lines[0] if lines else type(exc).__name__
+
+
 def read_chat_template(template: str | os.PathLike) -> str:
-    """A template given as a file path is read; anything else is taken as template text."""
+    """A template given as a file path is read; anything else is taken as template text.
+    It is compiled here, so that a syntax error names the file and line, not the tokenizer."""
     text = str(template)
-    if "{%" in text or "{{" in text:
-        return text
-    path = Path(template)
-    if not path.exists():
-        raise DraftVocabError(f"no such chat template file: {path}")
-    return path.read_text()
+    shown = "the chat template"
+    if "{%" not in text and "{{" not in text:
+        path = Path(template)
+        if not path.is_file():
+            raise DraftVocabError(f"no such chat template file: {path}")
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise DraftVocabError(f"cannot read chat template {path}: {exc}") from None
+        shown = str(path)
+    import jinja2
+    from transformers.utils.chat_template_utils import _compile_jinja_template
+
+    try:
+        _compile_jinja_template(text)
+    except jinja2.TemplateSyntaxError as exc:
+        raise DraftVocabError(f"{shown} line {exc.lineno}: Jinja syntax error: {exc.message}"
+                              ) from None
+    return text
 
 
 def tokenizer_fingerprint(tokenizer) -> dict[str, Any]:
@@ -155,20 +190,32 @@ def _build_from_gguf(path: Path) -> tuple[str, dict[str, Any]]:
     the pre-tokeniser is set here explicitly: Digits(individual_digits) then ByteLevel.
     """
     from gguf import GGUFReader
-    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
 
     try:
         reader = GGUFReader(str(path))
     except (ValueError, OSError, struct.error, KeyError) as exc:  # truncated / foreign files
         raise DraftVocabError(f"cannot read GGUF file {path}: {exc}") from None
-    fields = {name: field.contents() for name, field in reader.fields.items()
-              if name.startswith(("tokenizer.", "general.architecture", "llama."))}
+    try:
+        fields = {name: field.contents() for name, field in reader.fields.items()
+                  if name.startswith(("tokenizer.", "general.architecture", "llama."))}
+    except (ValueError, IndexError, UnicodeDecodeError) as exc:
+        raise DraftVocabError(f"cannot read GGUF file {path}: {exc}") from None
     arch = fields.get("general.architecture")
     if fields.get("tokenizer.ggml.model") != "gpt2" or arch != "llama":
         raise DraftVocabError(
             f"{path}: only llama-architecture GGUF files with a gpt2 BPE tokenizer are supported "
             f"(got architecture={arch}, tokenizer={fields.get('tokenizer.ggml.model')})"
         )
+    try:
+        return _gguf_tokenizer_and_config(reader, fields)
+    except (KeyError, TypeError, ValueError, IndexError) as exc:
+        raise DraftVocabError(f"GGUF file {path} lacks or garbles {exc}: cannot build its "
+                              "tokenizer and config") from None
+
+
+def _gguf_tokenizer_and_config(reader, fields: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
+
     tokens: list[str] = fields["tokenizer.ggml.tokens"]
     types: list[int] = fields["tokenizer.ggml.token_type"]
     merges = [tuple(m.split(" ", 1)) for m in fields["tokenizer.ggml.merges"]]

@@ -39,20 +39,31 @@ console = Console()
 
 
 def _fail_cleanly(fn):
-    """User errors -> one red line, exit 1 (no traceback)."""
+    """User errors -> one red line, exit 1 (no traceback). Interrupts -> one line, exit 130
+    (`__main__` prints it), also when a library swallowed one or turned it into another error.
+    """
 
     @wraps(fn)
     def wrapper(*args, **kwargs):
+        from draftvocab import interrupts
+
         try:
-            return fn(*args, **kwargs)
+            result = fn(*args, **kwargs)
+        except KeyboardInterrupt:
+            raise
         except DraftVocabError as exc:
+            if interrupts.received():
+                raise KeyboardInterrupt from None
             # Escaped: messages quote user paths and text, which must not be read as markup.
             err.print(f"[bold red]error:[/bold red] {escape(str(exc))}", highlight=False,
                       soft_wrap=True)
             raise typer.Exit(1) from None
-        except KeyboardInterrupt:
-            err.print("[bold red]interrupted[/bold red]: nothing was written")
-            raise typer.Exit(130) from None
+        except Exception:
+            if interrupts.received():
+                raise KeyboardInterrupt from None
+            raise
+        interrupts.check()  # an interrupt a library swallowed: never a success
+        return result
 
     return wrapper
 
@@ -327,6 +338,9 @@ def count(
 ) -> None:
     """Count the tokens the target generates for each assistant turn (reasoning and tool calls
     included) -> counts.safetensors."""
+    from draftvocab.atomic import check_output_file
+
+    check_output_file(out)  # before any work: a bad output path costs nothing
     s = _setup(preset, config, tokenizer, chat_template, data, template_kwargs=template_kwargs)
     rule = {"supervise": supervise, "leading": leading_assistant}
     if engine == "local":
@@ -356,9 +370,11 @@ def merge(
     as_json: JsonOpt = False,
 ) -> None:
     """Merge counts from several shards (same tokenizer, template and V)."""
+    from draftvocab.atomic import check_output_file
     from draftvocab.counts import TokenCounts, merge_counts
 
-    c = merge_counts(TokenCounts.load(p) for p in parts)
+    check_output_file(out)
+    c = merge_counts([TokenCounts.load(p) for p in parts])
     c.save(out)
     summary = {**_counts_summary(c), "out": str(out), "parts": [str(p) for p in parts]}
     if as_json:
@@ -442,7 +458,25 @@ def _read_latency(path: Path, vocab: int) -> dict:
     return data
 
 
-def _optimize_speedup(s, c, f, model, latency_json, calibration, k_min, k_max, out_dir,
+def _read_calibration(calibration: Path | None, vocab: int) -> dict:
+    if calibration is None or not calibration.is_file():
+        raise DraftVocabError("--objective speedup needs --calibration FILE (from `draftvocab "
+                              "calibrate DRAFT`)")
+    try:
+        cal = json.loads(calibration.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DraftVocabError(f"{calibration} is not a calibration file: {exc}") from None
+    keys = ("vocab_size", "t_verify_seconds", "alphas", "draft_vocab_size")
+    if not isinstance(cal, dict) or any(k not in cal for k in keys):
+        raise DraftVocabError(f"{calibration} is not a calibration file from `draftvocab "
+                              f"calibrate` (needs {', '.join(keys)})")
+    if cal.get("vocab_size") != vocab:
+        raise DraftVocabError(f"{calibration} is for V={cal.get('vocab_size')}, the target has "
+                              f"V={vocab}")
+    return cal
+
+
+def _optimize_speedup(s, c, f, model, latency_json, cal, k_min, k_max, out_dir,
                       counts_path, as_json) -> None:
     """k* = argmax of predicted tokens/s over every k; writes the run directory."""
     import numpy as np
@@ -453,13 +487,6 @@ def _optimize_speedup(s, c, f, model, latency_json, calibration, k_min, k_max, o
     from draftvocab.objective import coverage_curve
     from draftvocab.plots import plot_speed
 
-    if calibration is None or not calibration.is_file():
-        raise DraftVocabError("--objective speedup needs --calibration FILE (from `draftvocab "
-                              "calibrate DRAFT`)")
-    cal = json.loads(calibration.read_text())
-    if cal.get("vocab_size") != f.vocab_size:
-        raise DraftVocabError(f"{calibration} is for V={cal.get('vocab_size')}, the target has "
-                              f"V={f.vocab_size}")
     vocab = f.vocab_size
     k_max = k_max or vocab
     if not 1 <= k_min <= k_max <= vocab:
@@ -544,45 +571,57 @@ def optimize(
     """Choose the draft vocabulary size k* and write the mapping, plots and summary."""
     from draftvocab.artefacts import write_run
     from draftvocab.assets import sha256_text
+    from draftvocab.atomic import check_output_dir
     from draftvocab.counts import TokenCounts
     from draftvocab.flops import flops_breakdown
-    from draftvocab.objective import make_objective
+    from draftvocab.objective import make_objective, utility_curve
     from draftvocab.optimize import optimize_objective
 
+    # Everything is checked before any expensive counting or measuring.
     if counts is not None and data:
         raise DraftVocabError("give either DATA or --counts, not both")
-    # Validate cheap parameters before any expensive counting.
-    from draftvocab.objective import utility_curve
+    if objective_name not in ("utility", "speedup"):
+        raise DraftVocabError(f"--objective must be utility or speedup, got {objective_name!r}")
+    if solver not in ("exact", "tpe", "both"):
+        raise DraftVocabError(f"--solver must be exact, tpe or both, got {solver!r}")
+    if trials < 1:
+        raise DraftVocabError(f"--trials must be at least 1, got {trials}")
     utility_curve(*([__import__("numpy").zeros(1)] * 2), alpha, c_min)
     # A counts file carries its token strings: no tokenizer needed unless one is given.
     s = _setup(preset, config, tokenizer, chat_template, data,
                need_tokenizer=counts is None or tokenizer is not None or config is None,
                template_kwargs=template_kwargs)
     f = flops_breakdown(s.config_path)  # path: errors name the file
+    if not 1 <= k_min <= (k_max or f.vocab_size) <= f.vocab_size:
+        raise DraftVocabError(f"k must be in [1, V={f.vocab_size}] with --k-min <= --k-max, "
+                              f"got --k-min {k_min}, --k-max {k_max}")
+    latency_json = None
+    if latency not in ("flops", "measured"):
+        latency_json = _read_latency(Path(latency), f.vocab_size)
+    cal = _read_calibration(calibration, f.vocab_size) if objective_name == "speedup" else None
+    name = s.preset.name if s.preset is not None and not (tokenizer or config) else "run"
+    out_dir = check_output_dir(out or Path("draftvocab-out") / name)
     if counts is not None:
         c = TokenCounts.load(counts)
     else:
         c = _count(s, max_samples=max_samples, seed=seed, columns=columns, role_map=role_map,
                    skip_bad_lines=skip_bad_lines, include_eot=eot, workers=workers,
                    quiet=as_json, supervise=supervise, leading=leading_assistant)
-    if objective_name not in ("utility", "speedup"):
-        raise DraftVocabError(f"--objective must be utility or speedup, got {objective_name!r}")
-    model, latency_json = None, None
+    if c.vocab_size != f.vocab_size:
+        raise DraftVocabError(f"the counts are over V={c.vocab_size:,} but {s.config_path} has "
+                              f"vocab_size {f.vocab_size:,}: they belong to another model")
+    model = None
     if latency == "measured" or (objective_name == "speedup" and latency == "flops"):
         from draftvocab.latency import default_grid
 
         latency_json = _measure(s.config, default_grid(f.vocab_size), 1, 256, 20, "cpu",
                                 as_json)
-    elif latency != "flops":
-        latency_json = _read_latency(Path(latency), f.vocab_size)
     if latency_json is not None:
         from draftvocab.latency import LatencyModel
 
         model = LatencyModel.from_json(latency_json)
-    name = s.preset.name if s.preset is not None and not (tokenizer or config) else "run"
-    out_dir = out or Path("draftvocab-out") / name
     if objective_name == "speedup":
-        _optimize_speedup(s, c, f, model, latency_json, calibration, k_min, k_max, out_dir,
+        _optimize_speedup(s, c, f, model, latency_json, cal, k_min, k_max, out_dir,
                           counts, as_json)
         return
     objective = make_objective(c.counts, f, alpha, c_min)
@@ -610,12 +649,9 @@ def optimize(
               "latency": "flops" if model is None else latency}
     decode = (lambda ids: s.tokenizer.convert_ids_to_tokens(ids)) if s.tokenizer else \
         c.token_strings
+    extra = {"latency.json": json.dumps(latency_json, indent=2) + "\n"} if latency_json else {}
     out_dir, summary = write_run(out_dir, counts=c, flops=f, objective=objective, result=res,
-                                 inputs=inputs, decode=decode, plots=plots)
-    if latency_json is not None:
-        from draftvocab.atomic import atomic_write
-
-        atomic_write(out_dir / "latency.json", json.dumps(latency_json, indent=2) + "\n")
+                                 inputs=inputs, decode=decode, plots=plots, extra_files=extra)
     if as_json:
         _emit_json({**summary, "out": str(out_dir)})
         return
@@ -648,12 +684,13 @@ def mapping(
 ) -> None:
     """Top-k of a counts file -> vocab_mapping.pt/.safetensors + draft_vocab.json (any k)."""
     from draftvocab.assets import load_tokenizer
-    from draftvocab.atomic import atomic_directory
+    from draftvocab.atomic import atomic_directory, check_output_dir
     from draftvocab.counts import TokenCounts
     from draftvocab.mapping import build_mapping, write_mapping_files
     from draftvocab.objective import coverage_curve
     from draftvocab.presets import get_preset
 
+    check_output_dir(out)
     c = TokenCounts.load(counts)
     if not 1 <= k <= c.vocab_size:
         raise DraftVocabError(f"k must be in [1, V={c.vocab_size}], got {k}")
@@ -662,12 +699,12 @@ def mapping(
         tok = load_tokenizer(tokenizer)
     elif preset is not None:
         tok = get_preset(preset).load_tokenizer()
+    coverage = float(coverage_curve(c.counts)[k])  # refuses all-zero counts: before writing
     m = build_mapping(c.counts, k)
     decode = (lambda ids: tok.convert_ids_to_tokens(ids)) if tok is not None else \
         c.token_strings
     with atomic_directory(out) as tmp:
         files = write_mapping_files(tmp, m, counts=c.counts, decode=decode)
-    coverage = float(coverage_curve(c.counts)[k])
     summary = {"k": k, "vocab_size": c.vocab_size, "coverage": coverage, "out": str(out),
                "files": sorted(p.name for p in files)}
     if as_json:
@@ -754,6 +791,12 @@ def regenerate_cmd(
         raise typer.Exit(130) from None
     summary = {**stats.to_json(), "read_skipped": reader.stats.skipped, "out": str(out),
                "target": target}
+    if stats.written == 0 and stats.already_done == 0:  # an empty result is a failure
+        skipped = stats.skipped | reader.stats.skipped
+        why = ", ".join(f"{k}: {v:,}" for k, v in sorted(skipped.items())) or "no conversations"
+        hint = (" (prompts longer than the context minus --max-new-tokens, or than "
+                "--max-prompt-tokens)" if "too_long" in skipped else "")
+        raise DraftVocabError(f"nothing was regenerated: skipped {why}{hint}")
     if as_json:
         _emit_json(summary)
         return
@@ -874,9 +917,10 @@ def train_cmd(
                          save_every=save_every, seed=seed, drafter=drafter,
                          block_size=block_size, draft_layers=draft_layers, shift=shift,
                          inherit=inherit, rank_head=rank_head, valid_prefix=valid_prefix)
+    from draftvocab.atomic import check_output_dir
+
     config.check()  # cheap errors before loading anything
-    if out.exists() and not out.is_dir():
-        raise DraftVocabError(f"output path {out} exists and is not a directory")
+    check_output_dir(out)
     from draftvocab.messages import parse_template_kwargs
     from draftvocab.spans import ChatSpans
 
@@ -1049,6 +1093,7 @@ def bench(
     """Spec-Bench throughput: plain vs speculative decoding, interleaved, mean ± 95 % CI."""
     from rich.progress import Progress
 
+    from draftvocab.atomic import check_output_dir
     from draftvocab.bench import load_questions, markdown, run_benchmark, write_report
     from draftvocab.decode import SpeculativeDecoder
     from draftvocab.draft import aux_layers
@@ -1061,7 +1106,10 @@ def bench(
         name, sep, path = item.partition("=")
         if not sep or not name or not path:
             raise DraftVocabError(f"--draft takes NAME=DIR, got '{item}'")
+        if name == "plain" or name in dict(specs):
+            raise DraftVocabError(f"--draft name {name!r} is taken: give each draft its own name")
         specs.append((name, Path(path)))
+    check_output_dir(out)
     qs = load_questions(questions, per_category=per_category, turns=turns)
     tgt = load_target(target, layers=aux_layers([p for _, p in specs]))
     variants = {"plain": SpeculativeDecoder(tgt)}
@@ -1164,9 +1212,17 @@ def _eval_counts(v: _Vocab, data: list[str], group_by: str | None, preset: str |
     if not data:
         raise DraftVocabError("give the evaluation data (files or directories)")
     rule = rule or _EvalRule()
+    from draftvocab.assets import config_vocab_size
+
     s = _setup(preset or v.preset, config, tokenizer, chat_template, data,
                template_kwargs=rule.template_kwargs)
     vocab = int(v.t2d.size)
+    target_vocab = config_vocab_size(s.config, str(s.config_path))
+    if vocab != target_vocab:
+        raise DraftVocabError(
+            f"the vocabulary {v.label} is over V={vocab:,} but the target config "
+            f"{s.config_path} has vocab_size {target_vocab:,}: give the --preset or --config "
+            "of the model it was made for")
     if v.counts is not None:
         theirs = (v.counts.metadata.get("tokenizer") or {}).get("sha256")
         ours = tokenizer_fingerprint(s.tokenizer).get("sha256")
@@ -1231,13 +1287,14 @@ def coverage_cmd(
 ) -> None:
     """Coverage of a vocabulary on evaluation data, per group and combined: tokens,
     frequency-weighted and unique-token coverage (the paper's Tables 4 and 5)."""
-    from draftvocab.atomic import atomic_write
+    from draftvocab.atomic import atomic_files, check_output_dir
     from draftvocab.coverage import coverage_table
 
     v = _vocab(run, mapping, counts, k)
     rule = _EvalRule(template_kwargs, supervise, leading_assistant)
     if train_data and not group_by:
         raise DraftVocabError("--train-data needs --group-by (the domains to compare)")
+    out = check_output_dir(out or ((run / "analysis") if run else Path("analysis")))
     groups, _ = _eval_counts(v, data, group_by, preset, tokenizer, chat_template, config,
                              workers, as_json, rule)
     train = None
@@ -1245,7 +1302,6 @@ def coverage_cmd(
         train, _ = _eval_counts(v, [str(p) for p in train_data], group_by, preset, tokenizer,
                                 chat_template, config, workers, as_json, rule)
     rows = coverage_table(groups, v.t2d, train)
-    out = out or ((run / "analysis") if run else Path("analysis"))
     result = {"vocabulary": v.label, "group_by": group_by, "rows": [r.to_json() for r in rows]}
     head = ["set", "tokens", "coverage", "unique tokens", "unique coverage"]
     if train:
@@ -1253,8 +1309,9 @@ def coverage_cmd(
     table = _md_table(head, [[r.name, f"{r.tokens:,}", _pct(r.coverage), f"{r.unique_tokens:,}",
                               _pct(r.unique_coverage)] + ([_pct(r.train_share)] if train else [])
                              for r in rows])
-    atomic_write(out / "coverage.json", json.dumps(result, indent=2) + "\n")
-    atomic_write(out / "coverage.md", f"Vocabulary: {v.label}\n\n{table}")
+    with atomic_files(out) as stage:
+        (stage / "coverage.json").write_text(json.dumps(result, indent=2) + "\n")
+        (stage / "coverage.md").write_text(f"Vocabulary: {v.label}\n\n{table}")
     if as_json:
         _emit_json(result | {"out": str(out)})
         return
@@ -1277,12 +1334,13 @@ def missing_cmd(
 ) -> None:
     """The most frequent evaluation tokens the vocabulary cannot emit, per set, with their
     decoded text and counts: what trimming loses."""
-    from draftvocab.atomic import atomic_write
+    from draftvocab.atomic import atomic_files, check_output_dir
     from draftvocab.coverage import missing_tokens
 
     if top < 1:
         raise DraftVocabError("--top must be at least 1")
     v = _vocab(run, mapping, counts, k)
+    out = check_output_dir(out or ((run / "analysis") if run else Path("analysis")))
     groups, tok = _eval_counts(v, data, group_by, preset, tokenizer, chat_template, config,
                                workers, as_json,
                                _EvalRule(template_kwargs, supervise, leading_assistant))
@@ -1301,9 +1359,10 @@ def missing_cmd(
         md.append(_md_table(["id", "text", "count", "share of the set's tokens"],
                             [[m["id"], repr(m["text"]).replace("|", "\\|"),
                               f"{m['count']:,}", _pct(m["share"])] for m in items]))
-    out = out or ((run / "analysis") if run else Path("analysis"))
-    atomic_write(out / "missing.json", json.dumps(result, indent=2, ensure_ascii=False) + "\n")
-    atomic_write(out / "missing.md", "\n".join(md))
+    with atomic_files(out) as stage:
+        (stage / "missing.json").write_text(
+            json.dumps(result, indent=2, ensure_ascii=False) + "\n")
+        (stage / "missing.md").write_text("\n".join(md))
     if as_json:
         _emit_json(result | {"out": str(out)})
         return
@@ -1347,15 +1406,24 @@ def stability_cmd(
     from rich.progress import Progress
 
     from draftvocab.assets import config_vocab_size
-    from draftvocab.atomic import atomic_write
+    from draftvocab.atomic import atomic_files, check_output_dir
     from draftvocab.conversations import read_conversations
     from draftvocab.counts import iter_supervised
     from draftvocab.flops import flops_breakdown
+    from draftvocab.objective import utility_curve
     from draftvocab.plots import plot_stability
     from draftvocab.stability import SparseCounts, stability
 
+    if repeats < 1:
+        raise DraftVocabError(f"--repeats must be at least 1, got {repeats}")
+    size_list = _floats(sizes, "--sizes", int) if sizes else None
+    if size_list is not None and (not size_list or min(size_list) < 1):
+        raise DraftVocabError(f"--sizes must be positive numbers of conversations, got {sizes!r}")
+    utility_curve(*([__import__("numpy").zeros(1)] * 2), alpha, c_min)
+    out = check_output_dir(out)
     s = _setup(preset, config, tokenizer, chat_template, data, template_kwargs=template_kwargs)
     vocab = config_vocab_size(s.config, str(s.config_path))
+    flops = flops_breakdown(s.config_path)
     spans = _spans(s, supervise=supervise, leading=leading_assistant)
     per_conv = []
     for source in s.data:
@@ -1366,14 +1434,14 @@ def stability_cmd(
                                                            vocab, workers=workers)]
     data_sparse = SparseCounts.from_conversations(per_conv)
     del per_conv
-    size_list = _floats(sizes, "--sizes", int) if sizes else None
     with Progress(console=err, transient=True, disable=as_json) as bar:
         task = bar.add_task("subsets", total=len(size_list) if size_list else None)
-        result = stability(data_sparse, vocab, flops_breakdown(s.config_path), sizes=size_list,
+        result = stability(data_sparse, vocab, flops, sizes=size_list,
                            repeats=repeats, alpha=alpha, c_min=c_min, seed=seed,
                            tolerance=tolerance, progress=lambda n: bar.advance(task, n))
-    atomic_write(out / "stability.json", json.dumps(result, indent=2) + "\n")
-    plot_stability(result, out / "stability.png")
+    with atomic_files(out) as stage:
+        (stage / "stability.json").write_text(json.dumps(result, indent=2) + "\n")
+        plot_stability(result, stage / "stability.png")
     if as_json:
         _emit_json(result | {"out": str(out)})
         return
@@ -1401,9 +1469,10 @@ def sweep_cmd(
     out: OutDirOpt = None, as_json: JsonOpt = False,
 ) -> None:
     """k* over a grid of α and c_min (exact solver), as a table and a heatmap."""
-    from draftvocab.atomic import atomic_write
+    from draftvocab.atomic import atomic_files, check_output_dir
     from draftvocab.counts import TokenCounts
     from draftvocab.flops import flops_breakdown
+    from draftvocab.objective import utility_curve
     from draftvocab.plots import plot_sweep
     from draftvocab.stability import sweep
 
@@ -1415,13 +1484,22 @@ def sweep_cmd(
         if preset is None and config is None:
             preset = inputs.get("preset")
             config = None if preset else Path(inputs["config"]) if inputs.get("config") else None
+    out = check_output_dir(out or ((run / "analysis") if run else Path("analysis")))
+    alpha_list, c_min_list = _floats(alphas, "--alphas"), _floats(c_mins, "--c-mins")
+    for a in alpha_list:
+        for cm in c_min_list:
+            utility_curve(*([__import__("numpy").zeros(1)] * 2), a, cm)  # each in [0, 1]
     s = _setup(preset, config, need_tokenizer=False)
+    flops = flops_breakdown(s.config_path)
     c = TokenCounts.load(counts)
-    rows = sweep(c.counts, flops_breakdown(s.config_path), _floats(alphas, "--alphas"),
-                 _floats(c_mins, "--c-mins"))
-    out = out or ((run / "analysis") if run else Path("analysis"))
-    atomic_write(out / "sweep.json", json.dumps(rows, indent=2) + "\n")
-    plot_sweep(rows, out / "sweep.png")
+    if c.vocab_size != flops.vocab_size:
+        raise DraftVocabError(f"the counts are over V={c.vocab_size:,} but {s.config_path} has "
+                              f"vocab_size {flops.vocab_size:,}: give the model's --preset or "
+                              "--config")
+    rows = sweep(c.counts, flops, alpha_list, c_min_list)
+    with atomic_files(out) as stage:
+        (stage / "sweep.json").write_text(json.dumps(rows, indent=2) + "\n")
+        plot_sweep(rows, stage / "sweep.png")
     if as_json:
         _emit_json({"rows": rows, "out": str(out)})
         return
@@ -1446,10 +1524,10 @@ def report_cmd(
 ) -> None:
     """One self-contained HTML report: k*, FLOPs table, utility/Pareto plots and the analyses
     in RUN/analysis (coverage, missing tokens, stability, sweep)."""
-    from draftvocab.atomic import atomic_write
+    from draftvocab.atomic import atomic_write, check_output_file
     from draftvocab.report import build_report
 
-    out = out or run / "report.html"
+    out = check_output_file(out or run / "report.html")
     atomic_write(out, build_report(run))
     sections = [n for n in ("coverage", "missing", "stability", "sweep")
                 if (run / "analysis" / f"{n}.json").is_file()]
@@ -1460,6 +1538,16 @@ def report_cmd(
 
 
 # --- measured latency and predicted speed --------------------------------------------------------
+
+
+def _check_device(device: str) -> None:
+    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
+        raise DraftVocabError(f"--device must be cpu or cuda, got {device!r}")
+    if device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise DraftVocabError("--device cuda: no CUDA device is available here")
 
 
 def _measure(cfg: dict, ks: list[int], width: int, prefix: int, repeats: int, device: str,
@@ -1498,16 +1586,22 @@ def latency_cmd(
 ) -> None:
     """Time one draft forward (fusion + layer + LM head of k rows) over a grid of k; fit a
     piecewise model, compare measured R(k) with the FLOPs R(k), flag GEMM-tiling anomalies."""
-    from draftvocab.atomic import atomic_directory
+    from draftvocab.atomic import atomic_directory, check_output_dir
     from draftvocab.flops import flops_breakdown
     from draftvocab.latency import LatencyModel, default_grid, fastest_multiple
     from draftvocab.plots import plot_latency
 
+    if width < 1 or repeats < 1 or prefix < 0:
+        raise DraftVocabError("--width and --repeats must be >= 1, --prefix >= 0")
+    _check_device(device)
+    out = check_output_dir(out)
     s = _setup(preset, config, need_tokenizer=False)
     f = flops_breakdown(s.config_path)
     grid = _floats(ks, "--ks", int) if ks else default_grid(f.vocab_size)
-    if width < 1 or repeats < 1 or prefix < 0:
-        raise DraftVocabError("--width and --repeats must be >= 1, --prefix >= 0")
+    if not grid or min(grid) < 1 or max(grid) > f.vocab_size:
+        raise DraftVocabError(f"--ks must be draft vocabulary sizes in [1, V={f.vocab_size:,}]")
+    if round_k is not None and not 1 <= round_k <= f.vocab_size:
+        raise DraftVocabError(f"--round must be in [1, V={f.vocab_size:,}], got {round_k}")
     result = _measure(s.config, grid, width, prefix, repeats, device, as_json)
     model = LatencyModel.from_json(result)
     fixed, per_row = model.linear_fit()
@@ -1561,13 +1655,16 @@ def calibrate_cmd(
     decoding on Spec-Bench: the inputs of `optimize --objective speedup`."""
     import numpy as np
 
-    from draftvocab.atomic import atomic_write
+    from draftvocab.atomic import atomic_write, check_output_file
     from draftvocab.bench import load_questions
     from draftvocab.decode import SpeculativeDecoder
     from draftvocab.draft import aux_layers, load_draft, read_config, require_eagle3
     from draftvocab.latency import acceptance_from_lengths
     from draftvocab.target import load_target
 
+    if gamma < 1 or per_category < 1 or max_new_tokens < 1:
+        raise DraftVocabError("--gamma, --per-category and --max-new-tokens must be at least 1")
+    check_output_file(out)
     require_eagle3(read_config(draft), "calibrate")
     tgt = load_target(target, layers=aux_layers([draft]))
     d = load_draft(draft, tgt)
@@ -1650,11 +1747,13 @@ def export_cmd(
 ) -> None:
     """Write a draft or vocabulary in SpecForge, SGLang, speculators (vLLM) or FR-Spec format."""
     from draftvocab import formats
+    from draftvocab.atomic import check_output_dir, check_output_file
 
     if to not in formats.FORMATS:
         raise DraftVocabError(f"--to must be one of {', '.join(formats.FORMATS)}; got {to!r}")
     if not source.exists():
         raise DraftVocabError(f"not found: {source}")
+    (check_output_file if to == "frspec" else check_output_dir)(out)
     run = _run_summary(source)
     if to == "sglang":
         summary = formats.export_sglang(source, out)
@@ -1705,8 +1804,10 @@ def import_cmd(
     as_json: JsonOpt = False,
 ) -> None:
     """Read a SpecForge / speculators EAGLE-3 draft into this engine (bench, retrofit it)."""
+    from draftvocab.atomic import check_output_dir
     from draftvocab.formats import import_draft
 
+    check_output_dir(out)
     layers = None
     if target_layers:
         try:
@@ -1748,30 +1849,31 @@ def retrofit_cmd(
 ) -> None:
     """Trim an existing draft's vocabulary without training (slice LM-head rows, rewrite
     d2t/t2d), choosing k with the optimiser restricted to the draft's own tokens."""
+    import dataclasses
+
+    from draftvocab.atomic import atomic_directory, check_output_dir
     from draftvocab.counts import TokenCounts
+    from draftvocab.objective import utility_curve
     from draftvocab.retrofit import retrofit_draft
 
+    if per_category < 1 or runs < 1 or max_new_tokens < 1:
+        raise DraftVocabError("--per-category, --runs and --max-new-tokens must be at least 1")
+    utility_curve(*([__import__("numpy").zeros(1)] * 2), alpha, c_min)
+    check_output_dir(out)
     counts_file = counts / "counts.safetensors" if counts.is_dir() else counts
-    res = retrofit_draft(draft, TokenCounts.load(counts_file).counts, out, k=k, alpha=alpha,
-                         c_min=c_min)
-    summary = res.to_json()
-    if bench:
-        from draftvocab.bench import load_questions, run_benchmark
-        from draftvocab.decode import SpeculativeDecoder
-        from draftvocab.draft import aux_layers, load_draft
-        from draftvocab.target import load_target
-
-        tgt = load_target(target, layers=aux_layers([draft, out]))
-        variants = {"plain": SpeculativeDecoder(tgt),
-                    "before": SpeculativeDecoder(tgt, load_draft(draft, tgt), tree=False, gamma=2),
-                    "after": SpeculativeDecoder(tgt, load_draft(out, tgt), tree=False, gamma=2)}
-        qs = load_questions(per_category=per_category, turns=1)
-        report = run_benchmark(tgt, variants, qs, max_new_tokens=max_new_tokens, runs=runs)
-        overall = report["table"]["overall"]
-        summary["bench"] = {name: {key: overall[name][key][0] for key in
-                                   ("tokens_per_s", "accept_length", "draft_share")}
-                            for name in variants}
-        summary["bench"]["greedy_identical"] = not any(report["greedy_mismatches"].values())
+    domain = TokenCounts.load(counts_file).counts
+    # The trimmed draft is built and benchmarked in a staging directory, and swapped in last.
+    with atomic_directory(out) as stage:
+        trimmed = stage / "draft"
+        res = retrofit_draft(draft, domain, trimmed, k=k, alpha=alpha, c_min=c_min)
+        summary = {**res.to_json(), "out": str(out)}
+        if bench:
+            summary["bench"] = _bench_retrofit(draft, trimmed, target, per_category,
+                                               max_new_tokens, runs)
+        for f in trimmed.iterdir():
+            f.rename(stage / f.name)
+        trimmed.rmdir()
+    res = dataclasses.replace(res, out=str(out))
     if as_json:
         _emit_json(summary)
         return
@@ -1782,6 +1884,26 @@ def retrofit_cmd(
         row = summary["bench"][name]
         err.print(f"  {name:7s} {row['tokens_per_s']:6.1f} tok/s  τ {row['accept_length']:.2f}"
                   f"  draft share {row['draft_share']:.0%}")
+
+
+def _bench_retrofit(draft: Path, trimmed: Path, target: str, per_category: int,
+                    max_new_tokens: int, runs: int) -> dict:
+    from draftvocab.bench import load_questions, run_benchmark
+    from draftvocab.decode import SpeculativeDecoder
+    from draftvocab.draft import aux_layers, load_draft
+    from draftvocab.target import load_target
+
+    tgt = load_target(target, layers=aux_layers([draft, trimmed]))
+    variants = {"plain": SpeculativeDecoder(tgt),
+                "before": SpeculativeDecoder(tgt, load_draft(draft, tgt), tree=False, gamma=2),
+                "after": SpeculativeDecoder(tgt, load_draft(trimmed, tgt), tree=False, gamma=2)}
+    qs = load_questions(per_category=per_category, turns=1)
+    report = run_benchmark(tgt, variants, qs, max_new_tokens=max_new_tokens, runs=runs)
+    overall = report["table"]["overall"]
+    result = {name: {key: overall[name][key][0] for key in
+                     ("tokens_per_s", "accept_length", "draft_share")} for name in variants}
+    result["greedy_identical"] = not any(report["greedy_mismatches"].values())
+    return result
 
 
 @app.command("presets")
@@ -1799,8 +1921,24 @@ def presets_cmd(as_json: JsonOpt = False) -> None:
                   f"{r['description']}")
 
 
+def run(args: list[str] | None = None) -> int:
+    """Run the command line (without exiting); the exit code. `__main__` calls it."""
+    try:
+        result = app(args=args, standalone_mode=False)
+    except typer.Abort:  # the command-line parser's own reaction to an interrupt
+        raise KeyboardInterrupt from None
+    except typer.exceptions.TyperException as exc:  # usage errors: its message, exit 2
+        if not hasattr(exc, "show"):
+            raise
+        exc.show()
+        return exc.exit_code
+    return result if isinstance(result, int) else 0
+
+
 def main() -> None:
-    app()
+    from draftvocab.__main__ import main as entry
+
+    entry()
 
 
 if __name__ == "__main__":

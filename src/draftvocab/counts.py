@@ -10,12 +10,14 @@ gives byte-identical files. Reading datasets and finding spans are left to `conv
 
 from __future__ import annotations
 
+import contextlib
 import json
 import multiprocessing
 import os
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, as_completed, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
@@ -23,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from draftvocab import __version__
+from draftvocab import __version__, interrupts
 from draftvocab.assets import sha256_text, tokenizer_fingerprint
 from draftvocab.atomic import atomic_write
 from draftvocab.errors import DraftVocabError
@@ -204,8 +206,34 @@ def _count_batch(batch: list, spans: ChatSpans | None = None) -> _BatchResult:
 def _init_worker(spans: ChatSpans) -> None:
     global _WORKER_SPANS
     _WORKER_SPANS = spans
+    interrupts.worker_init()  # the parent handles Ctrl-C and stops the workers
     # One tokenizer thread per worker process: the processes are the parallelism.
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
+
+
+@contextlib.contextmanager
+def worker_pool(workers: int, spans: ChatSpans):
+    """A fork-based process pool for counting. If the parent is interrupted (or fails), its
+    workers are killed at once rather than left to finish their batches; a worker that dies
+    on its own is one clear error, not a BrokenProcessPool traceback."""
+    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"),
+                               initializer=_init_worker, initargs=(spans,))
+    try:
+        yield pool
+    except BrokenProcessPool:
+        pool.shutdown(wait=False, cancel_futures=True)
+        if interrupts.received():
+            raise KeyboardInterrupt from None
+        raise DraftVocabError("a counting worker process died (killed, or out of memory?); "
+                              "rerun with --workers 1 to see why") from None
+    except BaseException:
+        processes = list((getattr(pool, "_processes", None) or {}).values())
+        pool.shutdown(wait=False, cancel_futures=True)
+        for p in processes:
+            with contextlib.suppress(Exception):
+                p.kill()
+        raise
+    pool.shutdown(wait=True)
 
 
 def check_ids(ids: np.ndarray, vocab_size: int) -> None:
@@ -236,9 +264,7 @@ def _counted(conversations: Iterable, spans: ChatSpans, batch_size: int,
             res.order = order
             yield batch, res
         return
-    ctx = multiprocessing.get_context("fork")
-    with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
-                             initargs=(spans,)) as pool:
+    with worker_pool(workers, spans) as pool:
         pending: dict[Future, tuple[int, list]] = {}
 
         def result(fut: Future) -> tuple[list, _BatchResult]:

@@ -87,16 +87,21 @@ def finished_ids(path: str | os.PathLike) -> set[str]:
     ids: set[str] = set()
     offset = 0
     try:
-        with open(path, "r+b") as f:
+        # Read-only first: a file that is not ours is refused before anything is changed.
+        with open(path, "rb") as f:
             for n, line in enumerate(f, start=1):
-                if not line.endswith(b"\n"):  # an interrupted write: drop it, redo that one
-                    f.truncate(offset)
-                    f.flush()
-                    os.fsync(f.fileno())
-                    break
+                if not line.endswith(b"\n"):
+                    if not (line.startswith(b'{"id": ') or b'{"id": '.startswith(line)):
+                        _record_id(line, path, n)  # not a cut-off record of ours: refuse
+                    break  # an interrupted write: dropped below, that record redone
                 offset += len(line)
                 if line.strip():
                     ids.add(_record_id(line, path, n))
+        if offset < path.stat().st_size:
+            with open(path, "r+b") as f:
+                f.truncate(offset)
+                f.flush()
+                os.fsync(f.fileno())
     except OSError as exc:
         raise DraftVocabError(f"cannot read {path}: {exc.strerror or exc}") from None
     return ids
@@ -222,23 +227,32 @@ def regenerate(
     check_options(batch_size=batch_size, max_new_tokens=max_new_tokens, temperature=temperature,
                   top_p=top_p, turns=turns, leading_assistant=leading_assistant)
     out_path = Path(out_path)
+    if max_new_tokens >= target.max_length:
+        raise DraftVocabError(f"max new tokens {max_new_tokens:,} leaves no room for a prompt "
+                              f"in the target's context of {target.max_length:,} tokens")
     done = finished_ids(out_path)
     settings = _settings(target, max_new_tokens, temperature, top_p, turns, template_kwargs,
                          max_prompt_tokens)
     settings.keep_leading = leading_assistant == "keep"
     stats = RegenerateStats()
     start = time.perf_counter()
-    with _open_for_append(out_path) as out:
+    out = None  # opened at the first finished conversation: an empty run creates no file
+    try:
         for batch in _batches(conversations, done, batch_size, stats, progress):
             finished = _regenerate_batch(batch, target, settings, seed, stats, progress)
             lines = [json.dumps(w.record(settings.template_kwargs), ensure_ascii=False) + "\n"
                      for w in finished]
-            out.write("".join(lines).encode())
-            out.flush()
-            os.fsync(out.fileno())
+            if lines:
+                out = out or _open_for_append(out_path)
+                out.write("".join(lines).encode())
+                out.flush()
+                os.fsync(out.fileno())
             stats.written += len(finished)
             if progress:
                 progress(len(batch), 0)
+    finally:
+        if out is not None:
+            out.close()
     stats.seconds = time.perf_counter() - start
     return stats
 

@@ -10,6 +10,7 @@ artefact as `count_tokens`, token for token (tested on the same data).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections import Counter
@@ -107,6 +108,28 @@ def _records(rows: list[dict]) -> list[dict]:
     return rows
 
 
+@contextlib.contextmanager
+def _engine_errors(engine: str, files: Sequence[str]):
+    """A data engine's failure (a file its reader cannot parse, a worker that died) as one
+    line naming the files; our own errors and interrupts pass through unchanged."""
+    try:
+        yield
+    except (DraftVocabError, KeyboardInterrupt):
+        raise
+    except Exception as exc:  # noqa: BLE001 - the engines raise many kinds, often wrapped
+        cause = exc
+        while cause.__cause__ is not None:
+            cause = cause.__cause__
+        if isinstance(cause, DraftVocabError | KeyboardInterrupt):
+            raise cause from None
+        names = ", ".join(files[:3]) + (f" and {len(files) - 3} more" if len(files) > 3 else "")
+        text = str(cause).strip().splitlines()
+        raise DraftVocabError(
+            f"the {engine} engine cannot read {names}: {type(cause).__name__}: "
+            f"{text[0] if text else ''} (the local engine reads damaged files: "
+            "--engine local --skip-bad-lines)") from None
+
+
 def count_with_datasets(files: Sequence[str], spans: ChatSpans, vocab_size: int, *,
                         num_proc: int | None = None, batch_size: int = 256,
                         columns: ColumnMap | None = None,
@@ -117,7 +140,9 @@ def count_with_datasets(files: Sequence[str], spans: ChatSpans, vocab_size: int,
     columns = columns or ColumnMap()
     roles = {**DEFAULT_ROLES, **checked_role_map(role_map)}
     datasets.disable_progress_bars()
-    ds = datasets.load_dataset(_builder(files), data_files=list(files), split="train")
+    builder = _builder(files)
+    with _engine_errors("datasets", files):
+        ds = datasets.load_dataset(builder, data_files=list(files), split="train")
 
     def fn(batch: dict[str, list]) -> dict[str, list]:
         n = len(next(iter(batch.values())))
@@ -127,8 +152,9 @@ def count_with_datasets(files: Sequence[str], spans: ChatSpans, vocab_size: int,
                 "conversations": [out["conversations"]],
                 "skipped": [json.dumps(out["skipped"])], "stats": [json.dumps(out["stats"])]}
 
-    parts = ds.map(fn, batched=True, batch_size=batch_size, num_proc=num_proc,
-                   remove_columns=ds.column_names, load_from_cache_file=False)
+    with _engine_errors("datasets", files):
+        parts = ds.map(fn, batched=True, batch_size=batch_size, num_proc=num_proc,
+                       remove_columns=ds.column_names, load_from_cache_file=False)
     total, conversations, skipped, extra = _absorb(
         ({"ids": r["ids"], "counts": r["counts"], "conversations": r["conversations"],
           "skipped": json.loads(r["skipped"]), "stats": json.loads(r["stats"])} for r in parts),
@@ -154,7 +180,8 @@ def count_with_ray(files: Sequence[str], spans: ChatSpans, vocab_size: int, *,
                  configure_logging=False)
     read = {"text": ray.data.read_text, "json": ray.data.read_json,
             "parquet": ray.data.read_parquet}[_builder(files)]
-    ds = read(list(files))
+    with _engine_errors("ray", files):
+        ds = read(list(files))
 
     def fn(batch) -> dict[str, np.ndarray]:
         out = _batch_counts(_records(batch.to_pylist()), spans, columns, roles)

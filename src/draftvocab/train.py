@@ -26,8 +26,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from draftvocab.atomic import atomic_directory, atomic_write
-from draftvocab.draft import DraftBase, DraftConfig, Eagle3Draft, save_draft, write_draft_files
+from draftvocab.atomic import atomic_directory, atomic_files
+from draftvocab.draft import DraftBase, DraftConfig, Eagle3Draft, write_draft_files
 from draftvocab.errors import DraftVocabError
 
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
@@ -350,16 +350,6 @@ def latest_checkpoint(out: str | os.PathLike) -> Path | None:
     return max(found)[1] if found else None
 
 
-def _save_draft_into(draft: DraftBase, directory: Path) -> None:
-    """The final draft's two files into the run directory, which also holds checkpoints and the
-    log and so is not replaced whole: written complete beside it, then renamed in, weights
-    first (a config never announces weights that are not there yet)."""
-    tmp = save_draft(draft, directory / ".draft-tmp")
-    for name in ("model.safetensors", "config.json"):
-        os.replace(tmp / name, directory / name)
-    tmp.rmdir()
-
-
 def _optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
     sd = opt.state_dict()
     tensors = {f"optimizer.{i}.{name}": v.detach().cpu().contiguous()
@@ -534,10 +524,11 @@ def train_draft(target, examples: Sequence[Example], out: str | os.PathLike, *,
         if progress is not None:
             progress(step, total, entry)
 
-    out.mkdir(parents=True, exist_ok=True)
-    _save_draft_into(draft.eval(), out)
-    atomic_write(out / LOG_NAME, json.dumps({"config": asdict(config), "total_steps": total,
-                                             "warmup": warmup, "steps": log}, indent=1))
+    # The final draft and its log go in together, as the last step of the run.
+    with atomic_files(out) as stage:
+        write_draft_files(draft.eval(), stage)
+        (stage / LOG_NAME).write_text(json.dumps({"config": asdict(config), "total_steps": total,
+                                                  "warmup": warmup, "steps": log}, indent=1))
     seconds = time.perf_counter() - start
     last = log[-1] if log else {}
     return TrainResult(

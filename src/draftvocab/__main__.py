@@ -1,0 +1,48 @@
+"""The `draftvocab` command's entry point (`python -m draftvocab` too).
+
+It installs the interrupt handler before anything heavy is imported, so that Ctrl-C or SIGTERM
+at any moment — importing, working, cleaning up — ends the process with one line and exit
+code 130, never a traceback and never a success. Everything else is `cli.py`.
+"""
+
+from __future__ import annotations
+
+import sys
+
+
+def main() -> None:
+    from draftvocab import interrupts
+
+    interrupts.install()
+    code = 1
+    try:
+        from draftvocab.cli import run
+
+        code = run()  # typer turns an interrupt into exit code 130 without a word
+    except KeyboardInterrupt:
+        pass
+    except BaseException:  # a library's reaction to an interrupt is an interrupt
+        if not interrupts.received():
+            raise
+    if interrupts.received():  # also when swallowed somewhere: never a success
+        code = _interrupted()
+    sys.exit(code)
+
+
+def _interrupted() -> int:
+    import signal
+
+    from draftvocab import atomic, interrupts
+
+    signum = interrupts.received() or signal.SIGINT
+    name = signal.Signals(signum).name
+    written = ", ".join(str(p) for p in dict.fromkeys(atomic.committed))
+    what = (f"{written} had been written; nothing else was" if written
+            else "nothing was written; earlier outputs are as they were")
+    sys.stderr.write(f"interrupted ({name}): {what}\n")
+    sys.stderr.flush()
+    return interrupts.EXIT_CODE
+
+
+if __name__ == "__main__":
+    main()

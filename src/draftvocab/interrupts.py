@@ -1,0 +1,88 @@
+"""Ctrl-C and SIGTERM for the whole process tree: one handler, one line, exit 130.
+
+The command-line process turns SIGINT and SIGTERM into `KeyboardInterrupt` and remembers that
+one came, so that a library which swallows the exception (or turns it into another one) cannot
+make an interrupted run look finished: `atomic` checks `check()` before it swaps an output into
+place, with the two signals blocked around the swap itself, and the CLI exits 130 whenever one
+came. Worker processes ignore SIGINT — a terminal sends it to the whole process group, and the
+parent decides — and the parent stops them. A third signal exits at once, for a run stuck in
+code that ignores the first two.
+
+Owns only signal handling; what an interrupted command leaves behind is `atomic.py`'s job.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import threading
+from collections.abc import Iterator
+
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
+EXIT_CODE = 130
+_received: list[int] = []
+_owner: list[int] = []  # the process the handler was installed in
+
+
+def install() -> None:
+    """Route SIGINT and SIGTERM of this (main) process to `_handle`."""
+    _owner[:] = [os.getpid()]
+    for sig in SIGNALS:
+        signal.signal(sig, _handle)
+
+
+def _handle(signum: int, frame) -> None:
+    if _owner and os.getpid() != _owner[0]:
+        # A worker a library forked (datasets' process pool): the parent decides about
+        # Ctrl-C and stops its workers; asked to stop, a worker leaves without a traceback.
+        if signum == signal.SIGTERM:
+            os._exit(128 + signum)
+        return
+    _received.append(signum)
+    if len(_received) == 1:
+        raise KeyboardInterrupt
+    if len(_received) >= 3:  # the run did not stop: leave now, without clean-up
+        os._exit(EXIT_CODE)
+    # A second one arrives while clean-up runs: let the clean-up finish.
+
+
+def received() -> int | None:
+    """The first signal this process received, or None."""
+    return _received[0] if _received else None
+
+
+def check() -> None:
+    """Raise KeyboardInterrupt if an interrupt came, even one a library swallowed."""
+    if _received or _blocked_pending():
+        raise KeyboardInterrupt
+
+
+def _blocked_pending() -> bool:
+    return bool(hasattr(signal, "sigpending") and set(signal.sigpending()) & set(SIGNALS))
+
+
+@contextlib.contextmanager
+def deferred() -> Iterator[None]:
+    """Block SIGINT and SIGTERM for a critical section (swapping outputs into place); a
+    signal that arrives meanwhile is delivered right after it."""
+    if threading.current_thread() is not threading.main_thread() \
+            or not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+def worker_init() -> None:
+    """In a worker process: the parent handles interrupts; SIGTERM ends a worker quietly."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def reset() -> None:
+    """Forget received signals (tests running several commands in one process)."""
+    _received.clear()
