@@ -81,7 +81,7 @@ def test_benchmark_rows_add_up_and_outputs_match(target):
         assert overall[name]["tokens_per_s"][0] == pytest.approx(sum(per_run) / 2)
         assert tokens > 0 and secs > 0
     text = markdown(report)
-    assert "| **overall** | eagle3 |" in text and "identical to plain decoding: yes" in text
+    assert "| **overall** | eagle3 |" in text and "Greedy outputs identical to `plain`: yes" in text
 
 
 def test_cli_generate_plain_and_speculative_agree(saved):

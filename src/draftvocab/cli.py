@@ -722,7 +722,10 @@ def mapping(
              "  draftvocab regenerate chats.jsonl --target path/to/hf-model -o regen.jsonl "
              "--temperature 0.7 --top-p 0.9\n\n"
              "  draftvocab regenerate chats.jsonl -o regen.jsonl --turns first --json   "
-             "# rerun the same command to resume")
+             "# rerun the same command to resume\n\n"
+             "  draftvocab regenerate chats.jsonl -o regen.jsonl --endpoint "
+             "http://gpu-box:8000/v1 --model Qwen/Qwen3-8B --concurrency 32   "
+             "# through vLLM / SGLang")
 @_fail_cleanly
 def regenerate_cmd(
     data: Annotated[str | None, typer.Argument(
@@ -731,14 +734,26 @@ def regenerate_cmd(
     out: Annotated[Path, typer.Option(
         "--out", "-o", help="JSONL to append to; conversations already in it are skipped, "
         "so rerunning resumes.")] = ...,
-    target: Annotated[str, typer.Option(
-        "--target", help="Preset name, .gguf file, or HF model directory.")] = "smollm2-135m",
+    target: Annotated[str | None, typer.Option(
+        "--target", help="Preset name, .gguf file, or HF model directory [default: "
+        "smollm2-135m]. With --endpoint only its tokenizer loads, to keep the server's token "
+        "ids where they decode to the text.", show_default=False)] = None,
+    endpoint: Annotated[str | None, typer.Option(
+        "--endpoint", help="Regenerate through this OpenAI-compatible server (vLLM, SGLang, "
+        "llama.cpp, `draftvocab serve`) instead of loading the target here.")] = None,
+    model_name: Annotated[str | None, typer.Option(
+        "--model", help="With --endpoint: the served model's name (default: the server's "
+        "first in /v1/models).")] = None,
+    concurrency: Annotated[int, typer.Option(
+        "--concurrency", help="With --endpoint: requests in flight.")] = 4,
+    api_key: Annotated[str | None, typer.Option(
+        "--api-key", envvar="OPENAI_API_KEY", help="With --endpoint: bearer token.")] = None,
     max_samples: Annotated[int | None, typer.Option(
         "--max-samples", help="Regenerate a seeded random subset of this many records.")] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed for sampling records and tokens.")]
     = 0,
     batch_size: Annotated[int, typer.Option(
-        "--batch-size", help="Conversations generated together.")] = 8,
+        "--batch-size", help="Conversations generated together (local target).")] = 8,
     max_new_tokens: Annotated[int, typer.Option(
         "--max-new-tokens", help="Longest reply per assistant turn, in tokens.")] = 256,
     temperature: Annotated[float, typer.Option(
@@ -764,6 +779,11 @@ def regenerate_cmd(
 
     check_options(batch_size=batch_size, max_new_tokens=max_new_tokens, temperature=temperature,
                   top_p=top_p, turns=turns, leading_assistant=leading_assistant)
+    if concurrency < 1:
+        raise DraftVocabError(f"--concurrency must be at least 1, got {concurrency}")
+    if endpoint and max_prompt_tokens is not None:
+        raise DraftVocabError("--max-prompt-tokens needs a local target: a server refuses a "
+                              "prompt over its context itself (counted as rejected)")
     extra_kwargs = parse_template_kwargs(template_kwargs)
     finished_ids(out)  # a bad output file fails before the model loads
     preset = get_preset(target if target in PRESETS else DEFAULT_TARGET)
@@ -774,29 +794,47 @@ def regenerate_cmd(
         skip_bad_lines=skip_bad_lines or (data is None and preset.skip_bad_lines),
         max_samples=max_samples, seed=seed,
     )
-    model = load_target(target)
+    kwargs = {**(preset.template_kwargs if (target or DEFAULT_TARGET) in PRESETS else {}),
+              **extra_kwargs}
+    options = {"max_new_tokens": max_new_tokens, "temperature": temperature, "top_p": top_p,
+               "seed": seed, "turns": turns, "template_kwargs": kwargs,
+               "leading_assistant": leading_assistant}
+    if endpoint:
+        ep, tokenizer = _endpoint(endpoint, model_name, api_key), None
+        if target is not None:
+            from draftvocab.target import load_target_tokenizer
+
+            tokenizer = load_target_tokenizer(target)
+    else:
+        model = load_target(target or DEFAULT_TARGET)
     try:
         with _progress("regenerating", max_samples, as_json, rate=lambda c, t, dt:
                        f"{t:,} tok  {t / dt:,.1f} tok/s") as bar:
-            stats = regenerate(
-                reader, model, out, batch_size=batch_size, max_new_tokens=max_new_tokens,
-                temperature=temperature, top_p=top_p, seed=seed, turns=turns,
-                template_kwargs={**(preset.template_kwargs if target in PRESETS else {}),
-                                 **extra_kwargs},
-                max_prompt_tokens=max_prompt_tokens, leading_assistant=leading_assistant,
-                progress=bar)
+            if endpoint:
+                from draftvocab.regenerate import regenerate_remote
+
+                stats = regenerate_remote(reader, ep, out, concurrency=concurrency,
+                                          tokenizer=tokenizer, progress=bar, **options)
+            else:
+                stats = regenerate(reader, model, out, batch_size=batch_size,
+                                   max_prompt_tokens=max_prompt_tokens, progress=bar,
+                                   **options)
     except KeyboardInterrupt:
         err.print(f"[bold red]interrupted[/bold red]: finished conversations are in "
                   f"{escape(str(out))}; rerun the same command to resume")
         raise typer.Exit(130) from None
     summary = {**stats.to_json(), "read_skipped": reader.stats.skipped, "out": str(out),
-               "target": target}
+               "target": ep.model if endpoint else target or DEFAULT_TARGET}
+    if endpoint:
+        summary |= {"endpoint": ep.url, "concurrency": concurrency}
     if stats.written == 0 and stats.already_done == 0:  # an empty result is a failure
         skipped = stats.skipped | reader.stats.skipped
         why = ", ".join(f"{k}: {v:,}" for k, v in sorted(skipped.items())) or "no conversations"
         hint = (" (prompts longer than the context minus --max-new-tokens, or than "
                 "--max-prompt-tokens)" if "too_long" in skipped else "")
-        raise DraftVocabError(f"nothing was regenerated: skipped {why}{hint}")
+        first = next(iter(stats.skipped_examples.values()), None)
+        raise DraftVocabError(f"nothing was regenerated: skipped {why}{hint}"
+                              + (f"; first: {first}" if first else ""))
     if as_json:
         _emit_json(summary)
         return
@@ -805,6 +843,25 @@ def regenerate_cmd(
               f"({stats.tokens_per_s:,.1f} tok/s) -> [bold]{escape(str(out))}[/bold]")
     if stats.skipped or reader.stats.skipped:
         err.print(f"skipped: {stats.skipped | reader.stats.skipped}")
+        for reason, example in stats.skipped_examples.items():
+            err.print(f"  first {reason}: {escape(example)}")
+
+
+def _endpoint(url: str, model: str | None, api_key: str | None):
+    """An `endpoint.Endpoint` checked before any work: the server answers /v1/models and
+    serves the named model (default: the first it lists)."""
+    from draftvocab.endpoint import Endpoint, served_models
+
+    ep = Endpoint(url, model or "", api_key=api_key)
+    names = served_models(ep)
+    if not model:
+        if not names:
+            raise DraftVocabError(f"{ep.url}/v1/models lists no model: give --model")
+        ep.model = names[0]
+    elif names and model not in names:
+        raise DraftVocabError(f"{ep.url} does not serve model '{model}' (it lists: "
+                              f"{', '.join(names[:5])})")
+    return ep
 
 
 # --- train -------------------------------------------------------------------------------------
@@ -974,6 +1031,10 @@ def train_cmd(
 
 DecodeTreeOpt = Annotated[bool, typer.Option(
     "--tree/--chain", help="EAGLE-2 dynamic tree (greedy) or a chain of --gamma tokens.")]
+DepthOpt = Annotated[int, typer.Option("--depth", help="Tree depth.")]
+TopkOpt = Annotated[int, typer.Option("--topk", help="Tree branching.")]
+TotalTokensOpt = Annotated[int, typer.Option("--total-tokens", help="Tree nodes verified.")]
+GammaOpt = Annotated[int, typer.Option("--gamma", help="Chain length.")]
 
 
 BlocksOpt = Annotated[int, typer.Option(
@@ -1005,6 +1066,92 @@ def _decoder(target, draft_dir: Path | None, tree: bool, depth: int, topk: int,
 
 
 @app.command(epilog="Examples:\n\n"
+             "  draftvocab serve                                   # SmolLM2-135M, plain, "
+             "port 8000\n\n"
+             "  draftvocab serve --draft runs/draft-trimmed --chain --gamma 2 --port 8001\n\n"
+             "  draftvocab serve --port 0 --queue 4   # a free port, printed when ready\n\n"
+             "Then any OpenAI client: base_url=http://127.0.0.1:8000/v1, model 'smollm2-135m'.")
+@_fail_cleanly
+def serve(
+    target: Annotated[str, typer.Option("--target", help="Preset, .gguf or HF model dir.")]
+    = "smollm2-135m",
+    draft: Annotated[Path | None, typer.Option(
+        "--draft", help="EAGLE-3 or SpecBlock draft dir; none = plain decoding.")] = None,
+    host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", help="Port (0: any free port).")] = 8000,
+    model_name: Annotated[str | None, typer.Option(
+        "--model-name", help="The model id clients send (default: the --target).")] = None,
+    queue: Annotated[int, typer.Option(
+        "--queue", help="Requests that may wait while one is decoded; one more gets 429.")]
+    = 16,
+    max_tokens: Annotated[int, typer.Option(
+        "--max-tokens", help="New tokens when a request sets no max_tokens.")] = 256,
+    tree: DecodeTreeOpt = True,
+    depth: DepthOpt = 6,
+    topk: TopkOpt = 8,
+    total_tokens: TotalTokensOpt = 32,
+    gamma: GammaOpt = 5,
+    blocks: BlocksOpt = 2,
+    branch: BranchOpt = 4,
+    policy: PolicyOpt = None,
+    bandit: BanditOpt = False,
+    template_kwargs: KwargsOpt = None,
+) -> None:
+    """An OpenAI-compatible server (chat and text completions, streaming, /v1/models) over the
+    target and an optional draft; one request decoded at a time. Stop it with Ctrl-C or
+    SIGTERM. Responses carry speculative statistics in an extra `draftvocab` field."""
+    import socket
+
+    import uvicorn
+
+    from draftvocab import interrupts
+    from draftvocab.draft import aux_layers
+    from draftvocab.messages import parse_template_kwargs
+    from draftvocab.presets import PRESETS, get_preset
+    from draftvocab.serve import ServingEngine, create_app
+    from draftvocab.target import load_target
+
+    if queue < 0 or max_tokens < 1 or not 0 <= port <= 65535:
+        raise DraftVocabError("--queue must be >= 0, --max-tokens >= 1, --port in [0, 65535]")
+    kwargs = {**(get_preset(target).template_kwargs if target in PRESETS else {}),
+              **parse_template_kwargs(template_kwargs)}
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        raise DraftVocabError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    tgt = load_target(target, layers=aux_layers([draft] if draft else []))
+    dec = _decoder(tgt, draft, tree, depth, topk, total_tokens, gamma, blocks, branch, policy,
+                   bandit)
+    name = model_name or target
+    engine = ServingEngine(tgt, dec, name, queue_size=queue, default_max_tokens=max_tokens,
+                           template_kwargs=kwargs)
+    bound = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(create_app(engine), log_level="warning",
+                                           timeout_graceful_shutdown=30))
+    err.print(f"serving [bold]{escape(name)}[/bold] on http://{host}:{bound}/v1 "
+              f"({'draft ' + escape(str(draft)) if draft else 'plain decoding'}; one request at "
+              f"a time, {queue} may wait)", highlight=False, soft_wrap=True)
+    try:
+        server.run(sockets=[sock])
+    except KeyboardInterrupt:
+        if not server.should_exit:
+            raise
+    # uvicorn stopped gracefully on SIGINT/SIGTERM and handed the signal back: a normal end.
+    signum = interrupts.received()
+    interrupts.reset()
+    err.print(f"stopped{f' ({signal_name(signum)})' if signum else ''}: "
+              f"{engine.served:,} requests served")
+
+
+def signal_name(signum: int) -> str:
+    import signal
+
+    return signal.Signals(signum).name
+
+
+@app.command(epilog="Examples:\n\n"
              "  draftvocab generate 'Why is the sky blue?'                  # plain target\n\n"
              "  draftvocab generate 'Why is the sky blue?' --draft draft/   # speculative\n\n"
              "  draftvocab generate 'Tell a story' --draft draft/ --temperature 0.8 --chain")
@@ -1021,11 +1168,10 @@ def generate(
     top_p: Annotated[float, typer.Option("--top-p")] = 1.0,
     seed: SeedOpt = 0,
     tree: DecodeTreeOpt = True,
-    depth: Annotated[int, typer.Option("--depth", help="Tree depth.")] = 6,
-    topk: Annotated[int, typer.Option("--topk", help="Tree branching.")] = 8,
-    total_tokens: Annotated[int, typer.Option("--total-tokens", help="Tree nodes verified.")]
-    = 32,
-    gamma: Annotated[int, typer.Option("--gamma", help="Chain length.")] = 5,
+    depth: DepthOpt = 6,
+    topk: TopkOpt = 8,
+    total_tokens: TotalTokensOpt = 32,
+    gamma: GammaOpt = 5,
     blocks: BlocksOpt = 2,
     branch: BranchOpt = 4,
     policy: PolicyOpt = None,
@@ -1061,14 +1207,32 @@ def generate(
              "  draftvocab bench --draft full=drafts/full --draft trimmed=drafts/k8000 -o bench/\n\n"
              "  draftvocab bench --per-category 2 --max-new-tokens 64 --runs 3 -o quick/\n\n"
              "  draftvocab bench --draft eagle=drafts/k6851 --draft block=drafts/specblock "
-             "--chain --gamma 2 --blocks 1 -o sb/")
+             "--chain --gamma 2 --blocks 1 -o sb/\n\n"
+             "  draftvocab bench --endpoint plain=http://gpu:30000/v1 "
+             "--endpoint trimmed=http://gpu:30001/v1 -o sglang/   # servers side by side\n\n"
+             "  draftvocab bench --draft trimmed=runs/draft-trimmed --endpoint "
+             "served=http://127.0.0.1:8000/v1 -o overhead/   # in-process beside a server")
 @_fail_cleanly
 def bench(
     draft: Annotated[list[str] | None, typer.Option(
         "--draft", help="NAME=DIR of an EAGLE-3 or SpecBlock draft (repeatable); plain "
         "decoding always runs as the baseline.")] = None,
-    target: Annotated[str, typer.Option("--target", help="Preset, .gguf or HF model dir.")]
-    = "smollm2-135m",
+    endpoint: Annotated[list[str] | None, typer.Option(
+        "--endpoint", help="[NAME=]URL of an OpenAI-compatible server (repeatable; vLLM, "
+        "SGLang, `draftvocab serve`), asked greedy and streamed; the first is the baseline "
+        "when nothing runs in-process.")] = None,
+    model_name: Annotated[str | None, typer.Option(
+        "--model", help="Model name sent to every --endpoint (default: each server's first "
+        "in /v1/models).")] = None,
+    api_key: Annotated[str | None, typer.Option(
+        "--api-key", envvar="OPENAI_API_KEY", help="Bearer token for --endpoint.")] = None,
+    local: Annotated[bool | None, typer.Option(
+        "--local/--no-local", help="Run plain decoding (and --draft) in-process too; default: "
+        "yes without --endpoint, and with it only if --draft or --target is given.",
+        show_default=False)] = None,
+    target: Annotated[str | None, typer.Option(
+        "--target", help="Preset, .gguf or HF model dir [default: smollm2-135m].",
+        show_default=False)] = None,
     questions: Annotated[Path | None, typer.Option(
         "--questions", help="Spec-Bench JSONL (default: ../shared/data/"
         "spec_bench_questions.jsonl).")] = None,
@@ -1078,10 +1242,10 @@ def bench(
     max_new_tokens: Annotated[int, typer.Option("--max-new-tokens")] = 128,
     runs: Annotated[int, typer.Option("--runs", help="Independent runs (for the CI).")] = 3,
     tree: DecodeTreeOpt = True,
-    depth: Annotated[int, typer.Option("--depth")] = 6,
-    topk: Annotated[int, typer.Option("--topk")] = 8,
-    total_tokens: Annotated[int, typer.Option("--total-tokens")] = 32,
-    gamma: Annotated[int, typer.Option("--gamma")] = 5,
+    depth: DepthOpt = 6,
+    topk: TopkOpt = 8,
+    total_tokens: TotalTokensOpt = 32,
+    gamma: GammaOpt = 5,
     blocks: BlocksOpt = 2,
     branch: BranchOpt = 4,
     policy: PolicyOpt = None,
@@ -1101,6 +1265,9 @@ def bench(
 
     if runs < 1 or max_new_tokens < 1:
         raise DraftVocabError("--runs and --max-new-tokens must be at least 1")
+    local = local if local is not None else not endpoint or bool(draft) or target is not None
+    if draft and not local:
+        raise DraftVocabError("--draft runs in-process: drop --no-local")
     specs = []
     for item in draft or []:
         name, sep, path = item.partition("=")
@@ -1109,24 +1276,47 @@ def bench(
         if name == "plain" or name in dict(specs):
             raise DraftVocabError(f"--draft name {name!r} is taken: give each draft its own name")
         specs.append((name, Path(path)))
+    servers = _bench_endpoints(endpoint or [], {"plain", *dict(specs)} if local else set(),
+                               model_name, api_key)
     check_output_dir(out)
     qs = load_questions(questions, per_category=per_category, turns=turns)
-    tgt = load_target(target, layers=aux_layers([p for _, p in specs]))
-    variants = {"plain": SpeculativeDecoder(tgt)}
-    for name, path in specs:
-        variants[name] = _decoder(tgt, path, tree, depth, topk, total_tokens, gamma, blocks,
-                                  branch, policy, bandit)
+    tgt, variants = None, {}
+    if local:
+        tgt = load_target(target or "smollm2-135m", layers=aux_layers([p for _, p in specs]))
+        variants = {"plain": SpeculativeDecoder(tgt)}
+        for name, path in specs:
+            variants[name] = _decoder(tgt, path, tree, depth, topk, total_tokens, gamma, blocks,
+                                      branch, policy, bandit)
     total = runs * sum(len(q.turns) for q in qs)
     with Progress(console=err, transient=True) as bar:
         task = bar.add_task("benchmark", total=total)
         report = run_benchmark(tgt, variants, qs, max_new_tokens=max_new_tokens, runs=runs,
-                               progress=lambda n: bar.advance(task, n))
+                               progress=lambda n: bar.advance(task, n), endpoints=servers)
+    if not report["rows"]:
+        raise DraftVocabError("no request was measured: "
+                              + report.get("skipped_example", "every prompt was too long"))
     write_report(report, out)
     if as_json:
         _emit_json({k: v for k, v in report.items() if k != "rows"} | {"out": str(out)})
         return
     console.print(markdown(report), markup=False, highlight=False)
     err.print(f"report -> {escape(str(out))}: report.md, report.json, throughput.png")
+
+
+def _bench_endpoints(items: list[str], taken: set[str], model: str | None,
+                     api_key: str | None) -> dict:
+    """`[NAME=]URL` options -> named endpoints (names default to endpoint, endpoint-2, ...)."""
+    out: dict = {}
+    for i, item in enumerate(items, start=1):
+        name, sep, url = item.partition("=")
+        if not sep or "://" in name:
+            name, url = ("endpoint" if i == 1 else f"endpoint-{i}"), item
+        if not name or not url:
+            raise DraftVocabError(f"--endpoint takes [NAME=]URL, got '{item}'")
+        if name in taken or name in out:
+            raise DraftVocabError(f"--endpoint name {name!r} is taken: give each its own name")
+        out[name] = _endpoint(url, model, api_key)
+    return out
 
 
 # --- analyses -----------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ token ids out — tokenisation and chat templates are the caller's.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -29,6 +30,8 @@ class GenerationResult:
     target_seconds: float = 0.0  # prefill included
     prefill_seconds: float = 0.0
     seconds: float = 0.0
+    drafted_tokens: int = 0  # draft tokens sent to the verifier (tree nodes or chain links)
+    stopped: bool = False  # ended by the `on_tokens` callback (a stop string, a gone client)
     draft_forwards: int = 0  # drafter calls (catch-up included)
 
     @property
@@ -110,8 +113,12 @@ class SpeculativeDecoder:
 
     @torch.no_grad()
     def generate(self, prompt_ids, max_new_tokens: int = 128, *, temperature: float = 0.0,
-                 top_p: float = 1.0, seed: int | None = None,
-                 stop_at_eos: bool = True) -> GenerationResult:
+                 top_p: float = 1.0, seed: int | None = None, stop_at_eos: bool = True,
+                 on_tokens: Callable[[list[int]], bool | None] | None = None
+                 ) -> GenerationResult:
+        """Generate up to `max_new_tokens` after `prompt_ids` (stopping at the target's stop
+        ids). `on_tokens`, if given, receives each round's new tokens as they are accepted
+        (streaming); returning True ends generation there."""
         prompt = [int(t) for t in prompt_ids]
         if not prompt:
             raise DraftVocabError("empty prompt")
@@ -136,12 +143,15 @@ class SpeculativeDecoder:
         cache = out.past_key_values
         tokens = [*prompt, first]
         res.tokens.append(first)
+        if on_tokens is not None and on_tokens([first]):
+            res.stopped = True
         # Draft state: real-feature pairs not yet in its cache start at `pending_from`.
         feats = out.hidden[0]  # features of positions pending_from .. len(tokens)-2
         pending_from = 0
         self._reset_draft()
 
-        while len(res.tokens) < max_new_tokens and not (stop_at_eos and res.tokens[-1] in self.eos):
+        while (len(res.tokens) < max_new_tokens and not res.stopped
+               and not (stop_at_eos and res.tokens[-1] in self.eos)):
             n = len(tokens) - 1  # position of the pending token x_n (not in the target cache)
             if self.draft is None:
                 t0 = time.perf_counter()
@@ -153,6 +163,7 @@ class SpeculativeDecoder:
                 t0 = time.perf_counter()
                 nodes = self._propose(feats, tokens, pending_from, n)
                 draft_s = time.perf_counter() - t0
+                res.drafted_tokens += len(nodes)
                 t0 = time.perf_counter()
                 new, kept_nodes, out = self._verify(nodes, tokens[-1], n, cache)
                 verify_s = time.perf_counter() - t0
@@ -176,6 +187,8 @@ class SpeculativeDecoder:
             res.accept_lengths.append(len(new))
             tokens += new
             res.tokens += new
+            if on_tokens is not None and new and on_tokens(new):
+                res.stopped = True
         res.seconds = time.perf_counter() - start
         res.draft_forwards = self.draft_forwards
         return res

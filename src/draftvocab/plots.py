@@ -305,8 +305,8 @@ def plot_throughput(report: dict, path: str | os.PathLike) -> Path:
     ax = fig.subplots()
     width = 0.8 / len(names)
     for j, name in enumerate(names):
-        means = [report["table"][c][name]["tokens_per_s"][0] for c in cats]
-        errs = [report["table"][c][name]["tokens_per_s"][1] for c in cats]
+        means = [(report["table"][c][name]["tokens_per_s"] or (0.0, 0.0))[0] for c in cats]
+        errs = [(report["table"][c][name]["tokens_per_s"] or (0.0, 0.0))[1] for c in cats]
         xs = [i + (j - (len(names) - 1) / 2) * width for i in range(len(cats))]
         ax.bar(xs, means, width, yerr=errs, capsize=2, label=name)
     ax.set_xticks(range(len(cats)), cats, rotation=20)

@@ -180,6 +180,25 @@ def load_target(spec: str | os.PathLike = DEFAULT_TARGET, *, dtype: torch.dtype 
     return Target(model.to(device), tokenizer, layers)
 
 
+def load_target_tokenizer(spec: str | os.PathLike):
+    """The tokenizer `load_target(spec)` would use, without loading the model."""
+    from transformers import AutoTokenizer
+
+    from draftvocab.presets import PRESETS
+
+    if isinstance(spec, str) and spec in PRESETS:
+        return PRESETS[spec].load_tokenizer()
+    path = Path(spec)
+    if not path.exists():
+        raise DraftVocabError(f"target model not found: {path}")
+    if path.suffix == ".gguf":
+        return load_tokenizer(path)
+    try:
+        return AutoTokenizer.from_pretrained(str(path))
+    except (OSError, ValueError) as exc:
+        raise DraftVocabError(f"cannot load the tokenizer of {path}: {exc}") from None
+
+
 def _dequantised(gguf: Path) -> Path:
     """transformers dequantises a GGUF file once; the result is cached as safetensors."""
     stat = gguf.stat()
