@@ -142,3 +142,22 @@ def test_confidence_interval_uses_student_t_for_any_run_count():
         _, half = mean_ci(values)
         sd = statistics.stdev(values)
         assert half == pytest.approx(t * sd / math.sqrt(n), rel=2e-3), n
+
+
+def test_cli_bench_runs_transformers_peers_beside_ours(saved, tmp_path):
+    target_dir, _ = saved
+    out = tmp_path / "peers"
+    res = runner.invoke(app, ["bench", "--target", str(target_dir), "--peer", "prompt-lookup",
+                              "--peer", "hf-generate", "--prompt-lookup-tokens", "3",
+                              "--per-category", "1", "--turns", "1", "--max-new-tokens", "8",
+                              "--runs", "1", "-o", str(out), "--json"])
+    assert res.exit_code == 0, res.output
+    report = json.loads((out / "report.json").read_text())
+    assert report["variants"] == ["plain", "prompt-lookup", "hf-generate"]
+    assert report["greedy_mismatches"] == {"plain": 0, "prompt-lookup": 0, "hf-generate": 0}
+    overall = report["table"]["overall"]
+    assert overall["hf-generate"]["accept_length"][0] == pytest.approx(1.0)
+    assert overall["prompt-lookup"]["accept_length"][0] >= 1.0
+    bad = runner.invoke(app, ["bench", "--target", str(target_dir), "--peer", "medusa",
+                              "-o", str(tmp_path / "x")])
+    assert bad.exit_code == 1 and "--peer is one of hf-generate, prompt-lookup" in bad.output

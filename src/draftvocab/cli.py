@@ -1211,7 +1211,9 @@ def generate(
              "  draftvocab bench --endpoint plain=http://gpu:30000/v1 "
              "--endpoint trimmed=http://gpu:30001/v1 -o sglang/   # servers side by side\n\n"
              "  draftvocab bench --draft trimmed=runs/draft-trimmed --endpoint "
-             "served=http://127.0.0.1:8000/v1 -o overhead/   # in-process beside a server")
+             "served=http://127.0.0.1:8000/v1 -o overhead/   # in-process beside a server\n\n"
+             "  draftvocab bench --draft trimmed=runs/draft-trimmed --peer prompt-lookup "
+             "--peer hf-generate -o peers/   # beside transformers' decoding")
 @_fail_cleanly
 def bench(
     draft: Annotated[list[str] | None, typer.Option(
@@ -1226,6 +1228,12 @@ def bench(
         "in /v1/models).")] = None,
     api_key: Annotated[str | None, typer.Option(
         "--api-key", envvar="OPENAI_API_KEY", help="Bearer token for --endpoint.")] = None,
+    peer: Annotated[list[str] | None, typer.Option(
+        "--peer", help="Other libraries' decoding as more variants (repeatable): hf-generate "
+        "(transformers' plain generate), prompt-lookup (its prompt-lookup decoding, no "
+        "draft).")] = None,
+    prompt_lookup_tokens: Annotated[int, typer.Option(
+        "--prompt-lookup-tokens", help="prompt-lookup: tokens proposed per round.")] = 10,
     local: Annotated[bool | None, typer.Option(
         "--local/--no-local", help="Run plain decoding (and --draft) in-process too; default: "
         "yes without --endpoint, and with it only if --draft or --target is given.",
@@ -1265,19 +1273,24 @@ def bench(
 
     if runs < 1 or max_new_tokens < 1:
         raise DraftVocabError("--runs and --max-new-tokens must be at least 1")
-    local = local if local is not None else not endpoint or bool(draft) or target is not None
-    if draft and not local:
-        raise DraftVocabError("--draft runs in-process: drop --no-local")
+    local = local if local is not None else (not endpoint or bool(draft) or bool(peer)
+                                             or target is not None)
+    if (draft or peer) and not local:
+        raise DraftVocabError("--draft and --peer run in-process: drop --no-local")
+    peers = list(dict.fromkeys(peer or []))
+    if set(peers) - PEERS or prompt_lookup_tokens < 1:
+        raise DraftVocabError(f"--peer is one of {', '.join(sorted(PEERS))} (got "
+                              f"{', '.join(peers)}); --prompt-lookup-tokens >= 1")
     specs = []
     for item in draft or []:
         name, sep, path = item.partition("=")
         if not sep or not name or not path:
             raise DraftVocabError(f"--draft takes NAME=DIR, got '{item}'")
-        if name == "plain" or name in dict(specs):
+        if name == "plain" or name in PEERS or name in dict(specs):
             raise DraftVocabError(f"--draft name {name!r} is taken: give each draft its own name")
         specs.append((name, Path(path)))
-    servers = _bench_endpoints(endpoint or [], {"plain", *dict(specs)} if local else set(),
-                               model_name, api_key)
+    servers = _bench_endpoints(endpoint or [], {"plain", *PEERS, *dict(specs)} if local
+                               else set(), model_name, api_key)
     check_output_dir(out)
     qs = load_questions(questions, per_category=per_category, turns=turns)
     tgt, variants = None, {}
@@ -1287,6 +1300,12 @@ def bench(
         for name, path in specs:
             variants[name] = _decoder(tgt, path, tree, depth, topk, total_tokens, gamma, blocks,
                                       branch, policy, bandit)
+        if peers:
+            from draftvocab.peers import HFGenerate
+
+            for name in peers:
+                variants[name] = HFGenerate(tgt, prompt_lookup=prompt_lookup_tokens
+                                            if name == "prompt-lookup" else 0)
     total = runs * sum(len(q.turns) for q in qs)
     with Progress(console=err, transient=True) as bar:
         task = bar.add_task("benchmark", total=total)
@@ -1301,6 +1320,9 @@ def bench(
         return
     console.print(markdown(report), markup=False, highlight=False)
     err.print(f"report -> {escape(str(out))}: report.md, report.json, throughput.png")
+
+
+PEERS = {"hf-generate", "prompt-lookup"}
 
 
 def _bench_endpoints(items: list[str], taken: set[str], model: str | None,
