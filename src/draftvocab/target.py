@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import types
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -54,6 +55,9 @@ class Target:
         self.model = model.eval()
         for p in self.model.parameters():
             p.requires_grad_(False)
+        for module in self.model.modules():
+            if type(module) is torch.nn.Linear:
+                module.forward = types.MethodType(_few_rows_linear, module)
         self.tokenizer = tokenizer
         self.config = model.config
         blocks = _decoder_layers(model)
@@ -129,6 +133,21 @@ class Target:
         # pop: the captured layers must not outlive the call (training backpropagates after it)
         hidden = torch.cat([self._captured.pop(i) for i in self.layers], dim=-1)
         return TargetOutput(out.logits, hidden, out.past_key_values if use_cache else None)
+
+
+def _few_rows_linear(self: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    """`nn.Linear.forward`, but a CPU inference call on a few rows (a decode step, a short
+    verify) computes W·xᵀ instead of x·Wᵀ: the same product, for which MKL picks a far faster
+    kernel here — a 3-row product with a 49,152-row LM head took 41 ms as x·Wᵀ and 8 ms as W·xᵀ
+    on this 2-core CPU (1 row: the same). Training and large batches keep the usual path."""
+    rows = x.numel() // max(x.shape[-1], 1)
+    if (x.device.type != "cpu" or torch.is_grad_enabled() or x.dim() < 2
+            or not (rows <= 3 or (rows <= 16 and self.out_features >= 4096))):
+        return torch.nn.functional.linear(x, self.weight, self.bias)
+    y = torch.matmul(self.weight, x.reshape(rows, x.shape[-1]).t()).t()
+    if self.bias is not None:
+        y = y + self.bias
+    return y.reshape(*x.shape[:-1], self.out_features)
 
 
 def _decoder_layers(model) -> torch.nn.ModuleList:
