@@ -1108,7 +1108,7 @@ def serve(
     from draftvocab.draft import aux_layers
     from draftvocab.messages import parse_template_kwargs
     from draftvocab.presets import PRESETS, get_preset
-    from draftvocab.serve import ServingEngine, create_app
+    from draftvocab.serve import ServingEngine, create_app, engine_thread
     from draftvocab.target import load_target
 
     if queue < 0 or max_tokens < 1 or not 0 <= port <= 65535:
@@ -1121,12 +1121,17 @@ def serve(
         sock.bind((host, port))
     except OSError as exc:
         raise DraftVocabError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
-    tgt = load_target(target, layers=aux_layers([draft] if draft else []))
-    dec = _decoder(tgt, draft, tree, depth, topk, total_tokens, gamma, blocks, branch, policy,
-                   bandit)
+
+    def load():
+        tgt = load_target(target, layers=aux_layers([draft] if draft else []))
+        return tgt, _decoder(tgt, draft, tree, depth, topk, total_tokens, gamma, blocks,
+                             branch, policy, bandit)
+
+    executor = engine_thread()  # loads the model and runs every decode (see ServingEngine)
+    tgt, dec = executor.submit(load).result()
     name = model_name or target
     engine = ServingEngine(tgt, dec, name, queue_size=queue, default_max_tokens=max_tokens,
-                           template_kwargs=kwargs)
+                           template_kwargs=kwargs, executor=executor)
     bound = sock.getsockname()[1]
     server = uvicorn.Server(uvicorn.Config(create_app(engine), log_level="warning",
                                            timeout_graceful_shutdown=30))
