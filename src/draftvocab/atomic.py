@@ -70,9 +70,9 @@ def clean_stale(path: str | os.PathLike) -> None:
             stale.append((m["kind"], entry))
     for kind, entry in sorted(stale):  # "old" first: restore before anything is removed
         if kind == "old" and not path.exists():
-            with contextlib.suppress(OSError):
+            with contextlib.suppress(OSError):  # if it cannot go back, it stays: never lost
                 os.replace(entry, path)
-                continue
+            continue
         if entry.is_dir() and not entry.is_symlink():
             shutil.rmtree(entry, ignore_errors=True)
         else:

@@ -140,7 +140,8 @@ def run_benchmark(target, variants: dict[str, Any], questions: list[Question], *
                             if name in variants:
                                 out = _local(variants[name], target, prompt, max_new_tokens)
                             else:
-                                out = servers.chat(name, messages, max_new_tokens)
+                                out = servers.chat(name, messages, max_new_tokens,
+                                                   target.stop_ids if target else ())
                             row.update(out[0])
                             turn_rows.append(row)
                             ids[name], texts[name] = out[1], out[2]
@@ -216,7 +217,9 @@ class _Servers:
 
         return self.loop.run_until_complete(server_counters(ep))
 
-    def chat(self, name: str, messages: list[dict], max_new_tokens: int):
+    def chat(self, name: str, messages: list[dict], max_new_tokens: int, stop_ids=()):
+        """One greedy streamed request: row fields, the ids (less a final stop id, as
+        in-process rows have them; vLLM returns it), the text."""
         from draftvocab.endpoint import RequestRejected
 
         try:
@@ -232,7 +235,10 @@ class _Servers:
                "accepted": tau * forwards if forwards and tau is not None else None,
                "draft_seconds": None, "target_seconds": None,
                "draft_forwards": spec.get("draft_forwards")}
-        return row, reply.token_ids, reply.content
+        ids = reply.token_ids
+        if ids and ids[-1] in stop_ids:
+            ids = ids[:-1]
+        return row, ids, reply.content
 
     def accept_lengths(self) -> dict[str, float | None]:
         from draftvocab.endpoint import server_accept_length

@@ -35,7 +35,7 @@ class HFGenerate:
         self.draft_forwards = 0
 
     @torch.no_grad()
-    def generate(self, prompt_ids, max_new_tokens: int = 128, **_) -> GenerationResult:
+    def generate(self, prompt_ids, max_new_tokens: int = 128) -> GenerationResult:
         model, stops = self.target.model, list(self.target.stop_ids)
         ids = torch.tensor([list(prompt_ids)], device=self.target.device)
         marks: list[float] = []

@@ -186,6 +186,13 @@ class _Work:
     def template_kwargs(self, base: dict[str, Any]) -> dict[str, Any]:
         return {**base, **(self.conversation.template_kwargs or {})}
 
+    def prompt_args(self, base: dict[str, Any]) -> tuple[list | None, dict[str, Any]]:
+        """The tools (the record's own win over a `tools` template argument) and the other
+        template arguments this conversation's prompts are rendered with."""
+        kwargs = self.template_kwargs(base)
+        tools = kwargs.pop("tools", None)
+        return self.conversation.tools or tools, kwargs
+
 
 def regenerate(
     conversations: Iterable[Conversation],
@@ -244,11 +251,7 @@ def regenerate(
             finished = _regenerate_batch(batch, target, settings, seed, stats, progress)
             lines = [json.dumps(w.record(settings.template_kwargs), ensure_ascii=False) + "\n"
                      for w in finished]
-            if lines:
-                out = out or _open_for_append(out_path)
-                out.write("".join(lines).encode())
-                out.flush()
-                os.fsync(out.fileno())
+            out = _append(out, out_path, lines)
             stats.written += len(finished)
             if progress:
                 progress(len(batch), 0)
@@ -257,6 +260,18 @@ def regenerate(
             out.close()
     stats.seconds = time.perf_counter() - start
     return stats
+
+
+def _append(out, path: Path, lines: list[str]):
+    """Append whole lines durably; the file is opened at the first lines (an empty run
+    creates none). Returns the open file (or None) for the next call."""
+    if not lines:
+        return out
+    out = out or _open_for_append(path)
+    out.write("".join(lines).encode())
+    out.flush()
+    os.fsync(out.fileno())
+    return out
 
 
 def _open_for_append(path: Path):
@@ -354,9 +369,7 @@ def _regenerate_batch(batch: list[_Work], target: Target, settings: _Settings, s
 
 
 def _prompt(target: Target, work: _Work, settings: _Settings) -> list[int]:
-    kwargs = work.template_kwargs(settings.template_kwargs)
-    tools = work.conversation.tools or kwargs.pop("tools", None)
-    kwargs.pop("tools", None)
+    tools, kwargs = work.prompt_args(settings.template_kwargs)
     return target.prompt_ids(work.messages, tools=tools, **kwargs)
 
 
@@ -457,9 +470,7 @@ async def _remote(conversations, endpoint, out_path: Path, done: set[str], concu
     async def one(w: _Work) -> str | None:
         """Regenerate one conversation's turns; a skip reason, or None."""
         while w.advance(settings.first_only, settings.keep_leading):
-            kwargs = w.template_kwargs(settings.template_kwargs)
-            tools = w.conversation.tools or kwargs.pop("tools", None)
-            kwargs.pop("tools", None)
+            tools, kwargs = w.prompt_args(settings.template_kwargs)
             try:
                 reply = await endpoint.chat(
                     [_wire(m) for m in w.messages], max_tokens=settings.max_new_tokens,
@@ -510,11 +521,8 @@ async def _remote(conversations, endpoint, out_path: Path, done: set[str], concu
                     if reason:
                         stats.skipped[reason] = stats.skipped.get(reason, 0) + 1
                     else:
-                        out = out or _open_for_append(out_path)
-                        line = json.dumps(w.record(settings.template_kwargs), ensure_ascii=False)
-                        out.write((line + "\n").encode())
-                        out.flush()
-                        os.fsync(out.fileno())
+                        out = _append(out, out_path, [json.dumps(
+                            w.record(settings.template_kwargs), ensure_ascii=False) + "\n"])
                         stats.written += 1
                     if progress:
                         progress(1, 0)
