@@ -90,9 +90,12 @@ def test_cli_generate_plain_and_speculative_agree(saved):
             "--json"]
     plain = runner.invoke(app, args)
     spec = runner.invoke(app, [*args, "--draft", str(draft_dir)])
+    adaptive = runner.invoke(app, [*args, "--draft", str(draft_dir), "--chain", "--adaptive"])
     assert plain.exit_code == 0 and spec.exit_code == 0, plain.output + spec.output
+    assert adaptive.exit_code == 0, adaptive.output
     a, b = json.loads(plain.stdout), json.loads(spec.stdout)
-    assert a["text"] == b["text"] and a["tokens"] == b["tokens"] > 0
+    assert a["text"] == b["text"] == json.loads(adaptive.stdout)["text"]
+    assert a["tokens"] == b["tokens"] > 0
     assert a["accept_length"] == pytest.approx(1.0) and b["draft_share"] > 0
 
 
@@ -100,12 +103,14 @@ def test_cli_bench_writes_the_report(saved, tmp_path):
     target_dir, draft_dir = saved
     out = tmp_path / "bench"
     result = runner.invoke(app, ["bench", "--target", str(target_dir), "--draft",
-                                 f"random={draft_dir}", "--per-category", "1", "--turns", "1",
+                                 f"random={draft_dir}", "--adaptive-draft",
+                                 f"adaptive={draft_dir}", "--per-category", "1", "--turns", "1",
                                  "--max-new-tokens", "4", "--runs", "2", "--depth", "2",
                                  "--topk", "2", "--total-tokens", "4", "-o", str(out), "--json"])
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
-    assert summary["variants"] == ["plain", "random"] and summary["runs"] == 2
+    assert summary["variants"] == ["plain", "random", "adaptive"] and summary["runs"] == 2
+    assert not any(summary["greedy_mismatches"].values())
     assert sorted(p.name for p in out.iterdir()) == ["report.json", "report.md",
                                                      "throughput.png"]
     assert (out / "throughput.png").read_bytes()[:4] == b"\x89PNG"
@@ -116,6 +121,8 @@ def test_cli_bench_writes_the_report(saved, tmp_path):
     (["generate", "hi", "--draft", "{missing}"], "not a draft checkpoint"),
     (["generate", "hi", "--max-new-tokens", "0"], "at least 1"),
     (["bench", "--draft", "nameonly"], "NAME=DIR"),
+    (["bench", "--adaptive-draft", "x"], "--adaptive-draft takes NAME=DIR"),
+    (["generate", "hi", "--draft", "{draft}", "--adaptive"], "needs a draft and chain"),
     (["bench", "--questions", "{missing}"], "questions not found"),
     (["generate", "hi", "--draft", "{foreign}"], "not an EAGLE-3 draft"),
 ])
@@ -127,7 +134,8 @@ def test_cli_bad_input_is_one_error_line(saved, tmp_path, args, words):
     foreign.mkdir()
     (foreign / "config.json").write_text((draft_dir / "config.json").read_text())
     save_file({"weight": torch.zeros(2)}, str(foreign / "model.safetensors"))
-    subst = {"{missing}": str(tmp_path / "nope"), "{foreign}": str(foreign)}
+    subst = {"{missing}": str(tmp_path / "nope"), "{foreign}": str(foreign),
+             "{draft}": str(draft_dir)}
     args = [subst.get(a, a) for a in args] + ["--target", str(target_dir)]
     result = runner.invoke(app, args)
     assert result.exit_code == 1, result.output

@@ -41,7 +41,8 @@ class OracleDraft(Eagle3Draft):
         self.sequence, self.wrong = sequence, wrong
         self.to_draft = base.target_to_draft()
 
-    def step(self, hidden, input_ids, positions, past_k=None, past_v=None, mask=None):
+    def step(self, hidden, input_ids, positions, past_k=None, past_v=None, mask=None,
+             rows=None):
         logits, h, k, v = super().step(hidden, input_ids, positions, past_k, past_v, mask)
         logits = torch.full_like(logits, -5.0)
         for r, p in enumerate(positions[0].tolist()):
@@ -51,7 +52,7 @@ class OracleDraft(Eagle3Draft):
                     tok = (tok + 1) % V
                 if self.to_draft[tok] >= 0:
                     logits[0, r, self.to_draft[tok]] = 5.0
-        return logits, h, k, v
+        return (logits if rows is None else logits[rows]), h, k, v
 
 
 @pytest.fixture(scope="module")

@@ -217,14 +217,18 @@ class SpecBlockDecoder(SpeculativeDecoder):
 
 def decoder_for(target, draft=None, *, tree: bool = True, depth: int = 6, topk: int = 8,
                 total_tokens: int = 32, gamma: int = 5, blocks: int = 2, width: int = 2,
-                branch: int = 4, policy: str | None = None, bandit=None):
+                branch: int = 4, policy: str | None = None, bandit=None,
+                adaptive: bool = False):
     """The decoder a draft needs: SpecBlockDecoder for a SpecBlock draft (policy "chain" when
     `tree` is off, else "rank" if it has a rank head, else "fixed"), else SpeculativeDecoder."""
     from draftvocab.draft import is_specblock
 
     if draft is None or not is_specblock(draft.config):
         return SpeculativeDecoder(target, draft, tree=tree, depth=depth, topk=topk,
-                                  total_tokens=total_tokens, gamma=gamma)
+                                  total_tokens=total_tokens, gamma=gamma, adaptive=adaptive)
+    if adaptive:
+        raise DraftVocabError("an adaptive chain length is for EAGLE-3 drafts; a SpecBlock "
+                              "draft adapts its budget with --bandit")
     if policy is None:
         policy = ("chain" if not tree else
                   "rank" if getattr(draft, "rank_head", None) is not None else "fixed")

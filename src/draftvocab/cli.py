@@ -958,6 +958,20 @@ def train_cmd(
         "--resume", help="Continue from the latest checkpoint in --out.")] = False,
     seed: Annotated[int, typer.Option("--seed", help="Seed for sampling, init and data order.")]
     = 0,
+    cache_features: Annotated[Path | None, typer.Option(
+        "--cache-features", help="Compute the target's features once into this directory "
+        "(fp16, memory-mapped; reused by later runs on the same data and target) instead of a "
+        "target forward every step.")] = None,
+    eval_data: Annotated[str | None, typer.Option(
+        "--eval-data", help="Held-out conversations the target generated (`regenerate`): "
+        "chain τ on them is logged during training and plotted (training.png).")] = None,
+    eval_samples: Annotated[int, typer.Option(
+        "--eval-samples", help="Held-out conversations used (seeded subset).")] = 64,
+    eval_every: Annotated[int | None, typer.Option(
+        "--eval-every", help="Held-out evaluation every N steps (default: 10 per run).")]
+    = None,
+    eval_gamma: Annotated[int, typer.Option(
+        "--eval-gamma", help="Chain length γ of the held-out τ.")] = 3,
     skip_bad_lines: SkipOpt = False, template_kwargs: KwargsOpt = None,
     supervise: SuperviseOpt = "generated", leading_assistant: LeadingOpt = "drop",
     as_json: JsonOpt = False,
@@ -978,6 +992,10 @@ def train_cmd(
 
     config.check()  # cheap errors before loading anything
     check_output_dir(out)
+    if cache_features is not None:
+        check_output_dir(cache_features)
+    if eval_samples < 1 or eval_gamma < 1 or (eval_every is not None and eval_every < 1):
+        raise DraftVocabError("--eval-samples, --eval-gamma and --eval-every must be >= 1")
     from draftvocab.messages import parse_template_kwargs
     from draftvocab.spans import ChatSpans
 
@@ -987,6 +1005,9 @@ def train_cmd(
         data if data is not None else preset.dataset_path(),
         skip_bad_lines=skip_bad_lines or (data is None and preset.skip_bad_lines),
         max_samples=max_samples, seed=seed)
+    held_reader = (read_conversations(eval_data, skip_bad_lines=skip_bad_lines,
+                                      max_samples=eval_samples, seed=seed)
+                   if eval_data is not None else None)
     vocab_mapping = None
     if mapping is not None:
         from draftvocab.mapping import load_mapping
@@ -1007,11 +1028,34 @@ def train_cmd(
                       template_kwargs={**(preset.template_kwargs if target in PRESETS else {}),
                                        **extra_kwargs})
     examples, skipped = encode_conversations(reader, model.tokenizer, max_len, spans=spans)
+    heldout = None
+    if held_reader is not None:
+        import functools
+
+        from draftvocab.acceptance import chain_tau, prepare_heldout
+
+        held, _ = encode_conversations(held_reader, model.tokenizer, max_len, spans=spans)
+        if not held:
+            raise DraftVocabError(f"no usable held-out conversations in {eval_data}")
+        heldout = functools.partial(chain_tau, held=prepare_heldout(model, held),
+                                    gamma=eval_gamma)
+    features = None
+    if cache_features is not None and examples:
+        from rich.progress import Progress
+
+        from draftvocab.features import build_features
+
+        with Progress(console=err, transient=True, disable=as_json) as fbar:
+            task = fbar.add_task("target features", total=len(examples))
+            features = build_features(model, examples, cache_features,
+                                      progress=lambda done, _n: fbar.update(task, completed=done))
+    total = config.max_steps or config.epochs * -(-len(examples) // config.batch_size)
     bar = _TrainProgress() if not as_json else None
     with bar if bar is not None else contextlib.nullcontext():
         result = train_draft(model, examples, out, d2t=d2t, t2d=t2d, config=config,
                              resume=resume, skipped={**reader.stats.skipped, **skipped},
-                             progress=bar)
+                             progress=bar, features=features, heldout=heldout,
+                             eval_every=eval_every or max(1, total // 10))
     summary = {**result.to_json(), "target": target,
                "mapping": str(mapping) if mapping else None}
     if as_json:
@@ -1023,6 +1067,10 @@ def train_cmd(
               f"(k = {result.draft_vocab_size:,} of V = {result.vocab_size:,}){resumed}, "
               f"{result.seconds_per_step:.2f} s/step; last step: loss {result.final_loss:.4f}, "
               f"{acc} -> [bold]{escape(str(out))}[/bold]")
+    if result.heldout:
+        h = result.heldout
+        err.print(f"held-out: τ {h['tau']:.3f} (chain γ = {h['gamma']}, {h['rounds']:,} "
+                  f"rounds), acc@0 {h['acc'][0]:.3f}; curve: {escape(str(out / 'training.png'))}")
     if result.skipped:
         err.print(f"skipped: {result.skipped}")
 
@@ -1046,11 +1094,14 @@ PolicyOpt = Annotated[str | None, typer.Option(
     "row) or chain (default: rank if the draft has a rank head; chain with --chain).")]
 BanditOpt = Annotated[bool, typer.Option(
     "--bandit", help="SpecBlock drafts: cost-aware bandit picks (blocks, branch) per round.")]
+AdaptiveOpt = Annotated[bool, typer.Option(
+    "--adaptive", help="EAGLE-3 chain: choose each round's length (<= --gamma; 0 = a plain "
+    "step) from measured costs and recent acceptance.")]
 
 
 def _decoder(target, draft_dir: Path | None, tree: bool, depth: int, topk: int,
              total_tokens: int, gamma: int, blocks: int = 2, branch: int = 4,
-             policy: str | None = None, bandit: bool = False):
+             policy: str | None = None, bandit: bool = False, adaptive: bool = False):
     """The decoder for a draft directory (EAGLE-3 or SpecBlock), or plain decoding."""
     from draftvocab.blockdecode import decoder_for
     from draftvocab.draft import load_draft
@@ -1062,7 +1113,7 @@ def _decoder(target, draft_dir: Path | None, tree: bool, depth: int, topk: int,
         chooser = BudgetBandit()
     return decoder_for(target, draft, tree=tree, depth=depth, topk=topk,
                        total_tokens=total_tokens, gamma=gamma, blocks=blocks, branch=branch,
-                       policy=policy, bandit=chooser)
+                       policy=policy, bandit=chooser, adaptive=adaptive)
 
 
 @app.command(epilog="Examples:\n\n"
@@ -1095,6 +1146,7 @@ def serve(
     branch: BranchOpt = 4,
     policy: PolicyOpt = None,
     bandit: BanditOpt = False,
+    adaptive: AdaptiveOpt = False,
     template_kwargs: KwargsOpt = None,
 ) -> None:
     """An OpenAI-compatible server (chat and text completions, streaming, /v1/models) over the
@@ -1125,7 +1177,7 @@ def serve(
     def load():
         tgt = load_target(target, layers=aux_layers([draft] if draft else []))
         return tgt, _decoder(tgt, draft, tree, depth, topk, total_tokens, gamma, blocks,
-                             branch, policy, bandit)
+                             branch, policy, bandit, adaptive)
 
     executor = engine_thread()  # loads the model and runs every decode (see ServingEngine)
     tgt, dec = executor.submit(load).result()
@@ -1180,6 +1232,7 @@ def generate(
     blocks: BlocksOpt = 2,
     branch: BranchOpt = 4,
     policy: PolicyOpt = None,
+    adaptive: AdaptiveOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Generate one answer, plainly or speculatively (greedy output is the target's own)."""
@@ -1189,7 +1242,8 @@ def generate(
     if max_new_tokens < 1:
         raise DraftVocabError("--max-new-tokens must be at least 1")
     tgt = load_target(target, layers=aux_layers([draft] if draft else []))
-    dec = _decoder(tgt, draft, tree, depth, topk, total_tokens, gamma, blocks, branch, policy)
+    dec = _decoder(tgt, draft, tree, depth, topk, total_tokens, gamma, blocks, branch, policy,
+                   adaptive=adaptive)
     ids = tgt.prompt_ids([{"role": "user", "content": prompt}])
     res = dec.generate(ids, max_new_tokens, temperature=temperature, top_p=top_p, seed=seed)
     text = tgt.tokenizer.decode(res.tokens, skip_special_tokens=True)
@@ -1224,6 +1278,10 @@ def bench(
     draft: Annotated[list[str] | None, typer.Option(
         "--draft", help="NAME=DIR of an EAGLE-3 or SpecBlock draft (repeatable); plain "
         "decoding always runs as the baseline.")] = None,
+    adaptive_draft: Annotated[list[str] | None, typer.Option(
+        "--adaptive-draft", help="NAME=DIR of an EAGLE-3 draft decoded as a chain whose length "
+        "(<= --gamma, 0 = a plain step) is chosen every round from measured costs and recent "
+        "acceptance (repeatable; beside --draft to compare).")] = None,
     endpoint: Annotated[list[str] | None, typer.Option(
         "--endpoint", help="[NAME=]URL of an OpenAI-compatible server (repeatable; vLLM, "
         "SGLang, `draftvocab serve`), asked greedy and streamed; the first is the baseline "
@@ -1286,14 +1344,17 @@ def bench(
     if set(peers) - PEERS or prompt_lookup_tokens < 1:
         raise DraftVocabError(f"--peer is one of {', '.join(sorted(PEERS))} (got "
                               f"{', '.join(peers)}); --prompt-lookup-tokens >= 1")
-    specs = []
-    for item in draft or []:
+    specs, adaptive_names = [], set()
+    for item, flag in [(d, "--draft") for d in draft or []] + [
+            (d, "--adaptive-draft") for d in adaptive_draft or []]:
         name, sep, path = item.partition("=")
         if not sep or not name or not path:
-            raise DraftVocabError(f"--draft takes NAME=DIR, got '{item}'")
+            raise DraftVocabError(f"{flag} takes NAME=DIR, got '{item}'")
         if name == "plain" or name in PEERS or name in dict(specs):
-            raise DraftVocabError(f"--draft name {name!r} is taken: give each draft its own name")
+            raise DraftVocabError(f"{flag} name {name!r} is taken: give each draft its own name")
         specs.append((name, Path(path)))
+        if flag == "--adaptive-draft":
+            adaptive_names.add(name)
     servers = _bench_endpoints(endpoint or [], {"plain", *PEERS, *dict(specs)} if local
                                else set(), model_name, api_key)
     check_output_dir(out)
@@ -1303,8 +1364,10 @@ def bench(
         tgt = load_target(target or "smollm2-135m", layers=aux_layers([p for _, p in specs]))
         variants = {"plain": SpeculativeDecoder(tgt)}
         for name, path in specs:
-            variants[name] = _decoder(tgt, path, tree, depth, topk, total_tokens, gamma, blocks,
-                                      branch, policy, bandit)
+            adaptive = name in adaptive_names
+            variants[name] = _decoder(tgt, path, tree and not adaptive, depth, topk,
+                                      total_tokens, gamma, blocks, branch, policy, bandit,
+                                      adaptive)
         if peers:
             from draftvocab.peers import HFGenerate
 

@@ -88,7 +88,8 @@ class SpeculativeDecoder:
     drafts_blocks = False  # which drafter kind _propose() drives (SpecBlockDecoder: True)
 
     def __init__(self, target, draft=None, *, tree: bool = True, depth: int = 6,
-                 topk: int = 8, total_tokens: int = 32, gamma: int = 5):
+                 topk: int = 8, total_tokens: int = 32, gamma: int = 5,
+                 adaptive: bool = False):
         if draft is not None:
             if is_specblock(draft.config) != self.drafts_blocks:
                 raise DraftVocabError(
@@ -108,6 +109,17 @@ class SpeculativeDecoder:
         self.tree, self.depth, self.topk = tree, depth, topk
         self.total_tokens, self.gamma = total_tokens, gamma
         self.eos = set(target.stop_ids)
+        # adaptive: the chain length of each round (up to gamma; 0 = a plain step) is chosen
+        # from measured costs and recent acceptance, learnt across requests (draftlength.py)
+        self.length = None
+        if adaptive:
+            if tree or draft is None:
+                raise DraftVocabError("an adaptive draft length needs a draft and chain "
+                                      "drafting (--chain)")
+            from draftvocab.draftlength import AdaptiveLength
+
+            self.length = AdaptiveLength(max_gamma=gamma)
+        self._chain = gamma
 
     # -- public -----------------------------------------------------------------------------
 
@@ -153,7 +165,17 @@ class SpeculativeDecoder:
         while (len(res.tokens) < max_new_tokens and not res.stopped
                and not (stop_at_eos and res.tokens[-1] in self.eos)):
             n = len(tokens) - 1  # position of the pending token x_n (not in the target cache)
-            if self.draft is None:
+            self._chain = self.length.choose() if self.length is not None else self.gamma
+            if self.draft is not None and self._chain == 0:
+                # a plain step; the draft sees its features at its next catch-up
+                t0 = time.perf_counter()
+                new, _, out = self._verify([], tokens[-1], n, cache)
+                seconds = time.perf_counter() - t0
+                res.target_seconds += seconds
+                self.length.observe(0, 0, seconds)
+                cache = out.past_key_values
+                feats = torch.cat([feats, out.hidden[0, :1]])
+            elif self.draft is None:
                 t0 = time.perf_counter()
                 out = self.target.forward(torch.tensor([[tokens[-1]]], device=dev), past=cache)
                 new = [self._pick(out.logits[0, -1])]
@@ -214,6 +236,8 @@ class SpeculativeDecoder:
     def _observe(self, accepted: int, seconds: float) -> None:
         """Verifier feedback of one round (tokens gained, draft + verify seconds); a hook for
         adaptive drafters."""
+        if self.length is not None:
+            self.length.observe(self._chain, accepted - 1, seconds)
 
     def _pick(self, logits: torch.Tensor) -> int:
         if self._sampling is None:
@@ -240,13 +264,14 @@ class SpeculativeDecoder:
         return dk, dv, h[:, -1:], logits[0, -1]
 
     def _draft_chain(self, dk, dv, h_last, logits, n) -> list[_Node]:
-        """gamma tokens, each the draft's pick given the previous ones (root = x_n)."""
+        """gamma tokens (this round's `_chain`), each the draft's pick given the previous ones
+        (root = x_n)."""
         d = self.draft
         dev = self.target.device
         nodes: list[_Node] = []
         ck = cv = None
         h = h_last
-        for j in range(1, self.gamma + 1):
+        for j in range(1, self._chain + 1):
             if self._sampling is None:
                 draft_id = int(logits.argmax())
                 q = None
@@ -256,7 +281,7 @@ class SpeculativeDecoder:
                 draft_id = int(torch.multinomial(q.cpu(), 1, generator=gen))
             token = int(d.to_target_ids(torch.tensor(draft_id, device=dev)))
             nodes.append(_Node(token, len(nodes) - 1, j, q=q))
-            if j == self.gamma:
+            if j == self._chain:
                 break
             pk = dk if ck is None else torch.cat([dk, ck], dim=2)
             pv = dv if cv is None else torch.cat([dv, cv], dim=2)

@@ -260,11 +260,15 @@ class Eagle3Draft(DraftBase):
         self.norm = RMSNorm(c.hidden_size, c.rms_norm_eps)
         self.lm_head = nn.Linear(c.hidden_size, c.draft_vocab_size, bias=False)
 
-    def step(self, hidden, input_ids, positions, past_k=None, past_v=None, mask=None):
+    def step(self, hidden, input_ids, positions, past_k=None, past_v=None, mask=None,
+             rows: torch.Tensor | None = None):
+        """One draft forward; logits [B, T, k], or [n, k] for the positions `rows` (bool
+        [B, T]) only — training needs them where the loss looks, and the LM head is most of
+        the cost."""
         with torch.no_grad():
             embeds = self.embed_tokens(input_ids).to(hidden.dtype)
         h, k, v = self.midlayer(embeds, hidden, positions, past_k, past_v, mask)
-        return self.lm_head(self.norm(h)), h, k, v
+        return self.lm_head(self.norm(h if rows is None else h[rows])), h, k, v
 
 
 def check_mapping(d2t: torch.Tensor, t2d: torch.Tensor, k: int, vocab_size: int) -> None:

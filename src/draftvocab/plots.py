@@ -314,3 +314,36 @@ def plot_throughput(report: dict, path: str | os.PathLike) -> Path:
     ax.set_title("Spec-Bench decoding throughput (mean ± 95 % CI)")
     ax.legend()
     return _save(fig, path)
+
+
+def plot_training(log: list[dict], evals: list[dict], path: str | os.PathLike) -> Path:
+    """Left: training top-1 accuracy of TTT steps 0-3 (smoothed). Right: held-out chain τ and
+    held-out acc@0-3. Both against supervised training tokens."""
+    fig = Figure(figsize=(11, 4.2))
+    ax1, ax2 = fig.subplots(1, 2)
+    tokens = np.array([e.get("tokens", 0) for e in log], dtype=float)
+    for j in range(4):
+        acc = np.array([(e.get("acc") or [None] * 4)[j] if j < len(e.get("acc") or []) else None
+                        for e in log], dtype=float)
+        if np.isfinite(acc).any():
+            window = max(1, len(acc) // 30)
+            smooth = np.convolve(np.nan_to_num(acc), np.ones(window) / window, mode="valid")
+            ax1.plot(tokens[window - 1:], smooth, label=f"acc@{j}")
+    ax1.set_xlabel("supervised training tokens")
+    ax1.set_ylabel("top-1 accuracy (training batches)")
+    ax1.set_title("training accuracy per TTT step")
+    ax1.legend(fontsize=8)
+    ax1.grid(alpha=0.3)
+    x = [e["tokens"] for e in evals]
+    ax2.plot(x, [e["tau"] for e in evals], "o-", color="k", label=f"held-out τ (γ={evals[0]['gamma']})")
+    ax2.set_xlabel("supervised training tokens")
+    ax2.set_ylabel("held-out τ (tokens per verify)")
+    ax2.grid(alpha=0.3)
+    right = ax2.twinx()
+    for j in range(min(4, len(evals[0].get("acc", [])))):
+        right.plot(x, [e["acc"][j] for e in evals], "--", alpha=0.7, label=f"held-out acc@{j}")
+    right.set_ylabel("held-out top-1 accuracy")
+    lines = ax2.get_lines() + right.get_lines()
+    ax2.legend(lines, [line.get_label() for line in lines], fontsize=8, loc="lower right")
+    ax2.set_title("held-out acceptance")
+    return _save(fig, path)

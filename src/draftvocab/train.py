@@ -120,6 +120,7 @@ class TrainResult:
     seconds_per_step: float
     resumed_from: str | None = None
     checkpoints: list[str] = field(default_factory=list)
+    heldout: dict | None = None  # the last held-out evaluation (acceptance.chain_tau)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -247,8 +248,11 @@ def ttt_mask(lengths: torch.Tensor, t: int, step: int) -> torch.Tensor:
 
 
 def ttt_forward(draft: Eagle3Draft, target_hidden: torch.Tensor, ids: torch.Tensor,
-                lengths: torch.Tensor, steps: int) -> list[torch.Tensor]:
-    """Draft logits [B, T, k] of each TTT step; step j at t predicts token t+2+j.
+                lengths: torch.Tensor, steps: int,
+                rows: Sequence[torch.Tensor] | None = None) -> list[torch.Tensor]:
+    """Draft logits [B, T, k] of each TTT step; step j at t predicts token t+2+j. With
+    `rows` (per step a bool [B, T], e.g. the loss masks), step j's logits are only those
+    positions', [n_j, k].
 
     Step j at position t: hidden = fuse(target_hidden[t]) (j = 0) or step j-1's output at t,
     input token ids[t+1+j], rotary position t+j, keys = step 0's at positions <= t plus steps
@@ -260,8 +264,9 @@ def ttt_forward(draft: Eagle3Draft, target_hidden: torch.Tensor, ids: torch.Tens
     past_k = past_v = None
     logits = []
     for j in range(steps):
+        select = {} if rows is None else {"rows": rows[j]}
         out, hidden, k, v = draft.step(hidden, _shift(ids, 1 + j, 0), positions + j,
-                                       past_k, past_v, ttt_mask(lengths, t, j))
+                                       past_k, past_v, ttt_mask(lengths, t, j), **select)
         past_k = k if past_k is None else torch.cat([past_k, k], dim=2)
         past_v = v if past_v is None else torch.cat([past_v, v], dim=2)
         logits.append(out)
@@ -285,11 +290,19 @@ def ttt_targets(target_logits: torch.Tensor, batch: Batch, t2d: torch.Tensor,
     argmax at t+1+j is in the draft vocabulary."""
     t2d = t2d.to(target_logits.device)
     kept = torch.nonzero(t2d).flatten()
+    restricted = target_logits if len(kept) == len(t2d) else target_logits[..., kept]
+    return kept_targets(restricted, target_logits.argmax(-1), batch, t2d, steps)
+
+
+def kept_targets(kept_logits: torch.Tensor, argmax: torch.Tensor, batch: Batch,
+                 t2d: torch.Tensor, steps: int) -> TTTTargets:
+    """`ttt_targets` from the logits over the kept ids [B, T, k] and the target's argmax over
+    all ids [B, T] (what a feature cache holds)."""
+    kept = torch.nonzero(t2d).flatten()
     draft_id = torch.full(t2d.shape, -1, dtype=torch.long, device=t2d.device)
     draft_id[kept] = torch.arange(len(kept), device=t2d.device)
-    restricted = target_logits if len(kept) == len(t2d) else target_logits[..., kept]
-    probs = torch.softmax(restricted.float(), dim=-1)
-    top = draft_id[target_logits.argmax(-1)]  # [B, T]
+    probs = torch.softmax(kept_logits.float(), dim=-1)
+    top = draft_id[argmax]  # [B, T]
     pos = torch.arange(batch.ids.shape[1], device=batch.ids.device)
     masks = []
     for j in range(steps):
@@ -302,30 +315,30 @@ def ttt_targets(target_logits: torch.Tensor, batch: Batch, t2d: torch.Tensor,
 def ttt_loss(step_logits: list[torch.Tensor], labels: TTTTargets, step_decay: float
              ) -> tuple[torch.Tensor, list[float], list[int], list[int]]:
     """Sum over steps of step_decay**j * the masked mean soft cross-entropy (= KL to the
-    target's restricted distribution up to a constant).
+    target's restricted distribution up to a constant). Step logits are [B, T, k], or [n_j, k]
+    at the positions of `labels.masks[j]` (`ttt_forward(..., rows=labels.masks)`).
 
     Returns the loss, each step's loss, and each step's correct / counted positions (top-1:
     draft argmax == target argmax, over the loss mask).
     """
     total = step_logits[0].new_zeros((), dtype=torch.float32)
     losses, correct, counted = [], [], []
-    t = labels.probs.shape[1]
     for j, logits in enumerate(step_logits):
-        n_pos = t - 1 - j  # draft positions whose label row t+1+j exists
-        mask = labels.masks[j][:, :max(n_pos, 0)]
+        mask = labels.masks[j]  # over draft positions t; label row t+1+j
         n = int(mask.sum())
         if n == 0:
             losses.append(0.0)
             correct.append(0)
             counted.append(0)
             continue
-        logp = F.log_softmax(logits[:, :n_pos].float(), dim=-1)
-        ce = -(labels.probs[:, 1 + j:] * logp).sum(-1)
-        step_loss = (ce * mask).sum() / n
+        rows = torch.nonzero(mask, as_tuple=True)
+        label_rows = (rows[0], rows[1] + 1 + j)
+        picked = logits if logits.dim() == 2 else logits[rows]
+        logp = F.log_softmax(picked.float(), dim=-1)
+        step_loss = -(labels.probs[label_rows] * logp).sum(-1).mean()
         total = total + step_decay**j * step_loss
         losses.append(float(step_loss.detach()))
-        hits = (logits[:, :n_pos].detach().argmax(-1) == labels.argmax[:, 1 + j:]) & mask
-        correct.append(int(hits.sum()))
+        correct.append(int((picked.detach().argmax(-1) == labels.argmax[label_rows]).sum()))
         counted.append(n)
     return total, losses, correct, counted
 
@@ -428,7 +441,8 @@ def _objective(draft, hidden, batch, labels, config: TrainConfig, step: int, aut
                                   rank_weight=config.rank_weight, inherit_from=j)
         return loss, {**fields, "inherit_from": j}
     with autocast:
-        step_logits = ttt_forward(draft, hidden, batch.ids, batch.lengths, config.ttt_steps)
+        step_logits = ttt_forward(draft, hidden, batch.ids, batch.lengths, config.ttt_steps,
+                                  rows=labels.masks)
     loss, losses, correct, counted = ttt_loss(step_logits, labels, config.step_decay)
     return loss, {"step_loss": losses, "positions": counted[0],
                   "acc": [c / n if n else None for c, n in zip(correct, counted, strict=True)]}
@@ -440,12 +454,18 @@ def train_draft(target, examples: Sequence[Example], out: str | os.PathLike, *,
                 d2t: torch.Tensor | None = None, t2d: torch.Tensor | None = None,
                 config: TrainConfig | None = None, resume: bool = False,
                 skipped: dict[str, int] | None = None,
-                progress: Progress | None = None) -> TrainResult:
+                progress: Progress | None = None, features=None,
+                heldout: Callable[[DraftBase], dict] | None = None,
+                eval_every: int = 0) -> TrainResult:
     """Train a draft on `examples` and write it to `out/` (config.json + model.safetensors),
     with `out/train_log.json` and, every `save_every` steps, `out/checkpoint-<step>/`.
 
     `resume=True` continues from the latest checkpoint (same data, mapping and config) and
-    ends with the same weights as an uninterrupted run.
+    ends with the same weights as an uninterrupted run. `features` (features.FeatureCache of
+    these examples) replaces the target forward of each step by cached fp16 features;
+    `heldout(draft)` (e.g. acceptance.chain_tau on held-out replies) is called before the
+    first step, every `eval_every` steps and at the end; its results are logged under "eval"
+    with the step and the supervised tokens trained on.
 
     >>> examples, _ = encode_conversations(read_conversations("chats.jsonl"), target.tokenizer,
     ...                                    1024)
@@ -467,10 +487,14 @@ def train_draft(target, examples: Sequence[Example], out: str | os.PathLike, *,
     # Everything the result depends on; a resumed run must match it exactly.
     identity = {**asdict(config), "save_every": None, "total_steps": total, "warmup": warmup,
                 "data": fingerprint, "examples": len(examples)}
+    if features is not None:  # fp16 features: not bitwise the run without them
+        if len(features) != len(examples):
+            raise DraftVocabError("the feature cache does not hold these examples")
+        identity["features"] = "fp16-cache"
     if config.drafter == "eagle3":  # checkpoints from before SpecBlock existed still resume
         for name in SPECBLOCK_FIELDS:
             identity.pop(name)
-    step, log, resumed_from = 0, [], None
+    step, log, evals, resumed_from = 0, [], [], None
     checkpoint = latest_checkpoint(out)
     if checkpoint is not None and not resume:
         raise DraftVocabError(f"{out} already holds checkpoints ({checkpoint.name}); pass "
@@ -483,15 +507,25 @@ def train_draft(target, examples: Sequence[Example], out: str | os.PathLike, *,
                               for k in differ)
             raise DraftVocabError(f"cannot resume from {checkpoint}: the run changed ({diffs})")
         step, log, resumed_from = state["step"], state["log"], str(checkpoint)
+        evals = state.get("eval", [])
 
     t2d_dev = draft.t2d
+    kept = torch.nonzero(t2d_dev).flatten()
     pad_id = 0
+    trained_tokens = log[-1].get("tokens", 0) if log else 0
+
+    def evaluate() -> None:
+        if heldout is not None and not (evals and evals[-1]["step"] == step):
+            evals.append({"step": step, "tokens": trained_tokens, **heldout(draft)})
+
     autocast = torch.autocast(target.device.type, dtype=torch.bfloat16,
                               enabled=config.dtype == "bf16")
     checkpoints = []
     start = time.perf_counter()
     done_here = 0
     draft.train()
+    if step == 0:
+        evaluate()
     while step < total:
         epoch, index = divmod(step, batches_per_epoch)
         order = epoch_order(len(examples), config.seed, epoch)
@@ -500,10 +534,18 @@ def train_draft(target, examples: Sequence[Example], out: str | os.PathLike, *,
         batch = Batch(batch.ids.to(target.device), batch.supervised.to(target.device),
                       batch.lengths.to(target.device))
         t0 = time.perf_counter()
-        target_out = target.forward(batch.ids, use_cache=False)
-        labels = ttt_targets(target_out.logits, batch, t2d_dev, _label_steps(config))
-        hidden = target_out.hidden.float()
-        del target_out
+        if features is not None:
+            from draftvocab.features import kept_logits
+
+            hidden, final, argmax = features.batch(picked, batch.ids.shape[1], target.device)
+            labels = kept_targets(kept_logits(target, final, kept), argmax, batch, t2d_dev,
+                                  _label_steps(config))
+            del final
+        else:
+            target_out = target.forward(batch.ids, use_cache=False)
+            labels = ttt_targets(target_out.logits, batch, t2d_dev, _label_steps(config))
+            hidden = target_out.hidden.float()
+            del target_out
         lr = lr_at(step, total, warmup, config.lr)
         for group in opt.param_groups:
             group["lr"] = lr
@@ -514,21 +556,33 @@ def train_draft(target, examples: Sequence[Example], out: str | os.PathLike, *,
         opt.step()
         step += 1
         done_here += 1
+        trained_tokens += int(batch.supervised.sum())
         entry = {"step": step, "epoch": epoch, "lr": lr, "loss": float(loss.detach()),
-                 **fields, "grad_norm": float(grad_norm), "seconds": time.perf_counter() - t0}
+                 **fields, "grad_norm": float(grad_norm), "seconds": time.perf_counter() - t0,
+                 "tokens": trained_tokens}
         log.append(entry)
+        if heldout is not None and eval_every and step % eval_every == 0:
+            evaluate()
+            entry["eval"] = evals[-1]
         if config.save_every and step % config.save_every == 0 and step < total:
             path = save_checkpoint(out / f"checkpoint-{step}", draft, opt,
-                                   {"step": step, "identity": identity, "log": log})
+                                   {"step": step, "identity": identity, "log": log,
+                                    "eval": evals})
             checkpoints.append(str(path))
         if progress is not None:
             progress(step, total, entry)
 
+    evaluate()
     # The final draft and its log go in together, as the last step of the run.
     with atomic_files(out) as stage:
         write_draft_files(draft.eval(), stage)
         (stage / LOG_NAME).write_text(json.dumps({"config": asdict(config), "total_steps": total,
-                                                  "warmup": warmup, "steps": log}, indent=1))
+                                                  "warmup": warmup, "steps": log,
+                                                  "eval": evals}, indent=1))
+        if evals:
+            from draftvocab.plots import plot_training
+
+            plot_training(log, evals, stage / "training.png")
     seconds = time.perf_counter() - start
     last = log[-1] if log else {}
     return TrainResult(
@@ -536,7 +590,7 @@ def train_draft(target, examples: Sequence[Example], out: str | os.PathLike, *,
         draft_vocab_size=draft.config.draft_vocab_size, vocab_size=draft.config.vocab_size,
         final_loss=last.get("loss"), final_acc=last.get("acc", []), seconds=seconds,
         seconds_per_step=seconds / max(done_here, 1), resumed_from=resumed_from,
-        checkpoints=checkpoints)
+        checkpoints=checkpoints, heldout=evals[-1] if evals else None)
 
 
 def mapping_tensors(m, vocab_size: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,0 +1,138 @@
+"""Issue 15, end to end: on-policy data, a cached-feature draft with a measured lr / TTT sweep,
+then plain vs fixed-γ vs adaptive-γ vs prompt lookup on Spec-Bench, side by side in one run.
+
+Every step is a `draftvocab` command (printed before it runs) or a few lines of Python here;
+a step whose output exists is skipped, so a cut run resumes where it stopped.
+
+    python benchmarks/speedup.py                      # the README's run (about 2 h here)
+    python benchmarks/speedup.py --regen-samples 120 --sweep-steps 60 --steps 300   # smaller
+
+Steps (under --out, default runs/speedup):
+ 1. prompts.jsonl   Spec-Bench-shaped prompts from ShareGPT (benchmarks/onpolicy_prompts.py)
+ 2. regen.jsonl     the target's greedy answers (`draftvocab regenerate`, resumable)
+ 3. heldout.jsonl   every 8th regenerated conversation; train.jsonl: the rest (twice) +
+                    --sharegpt ShareGPT conversations (the target's soft labels on them)
+ 4. features/       target features of train.jsonl, computed once (`train --cache-features`)
+ 5. sweep-*/        --sweep-steps steps for each lr x TTT depth; held-out τ picks the best
+ 6. draft/          the best setting for --steps steps (training.png: acc and τ vs tokens)
+ 7. bench/          `draftvocab bench`: plain, draft at fixed γ, draft at adaptive γ,
+                    prompt lookup, interleaved, 3 runs, 95 % CI, per category
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+DV = [sys.executable, "-m", "draftvocab"]
+
+
+def run(cmd: list[str], done: Path | None = None) -> None:
+    if done is not None and done.exists():
+        print(f"# done: {done}")
+        return
+    print("$ " + shlex.join(str(c) for c in cmd), flush=True)
+    subprocess.run([str(c) for c in cmd], check=True)
+
+
+def write_jsonl(path: Path, records: list[dict]) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def split_and_mix(out: Path, sharegpt: int, seed: int) -> None:
+    """heldout.jsonl (every 8th regenerated conversation) and train.jsonl (the other
+    regenerated ones twice, then `sharegpt` ShareGPT conversations)."""
+    if (out / "train.jsonl").exists():
+        print(f"# done: {out / 'train.jsonl'}")
+        return
+    from draftvocab.conversations import read_conversations
+    from draftvocab.presets import get_preset
+
+    regen = [json.loads(line) for line in (out / "regen.jsonl").read_text().splitlines()
+             if line.strip()]
+    regen = [r for r in regen if r.get("generated_tokens")]
+    held = regen[::8]
+    train = [r for i, r in enumerate(regen) if i % 8]
+    records = [{"messages": r["messages"]} for r in train] * 2
+    if sharegpt:
+        reader = read_conversations(get_preset("smollm2-135m").dataset_path(),
+                                    skip_bad_lines=True, max_samples=sharegpt, seed=seed)
+        records += [{"messages": c.messages} for c in reader]
+    write_jsonl(out / "heldout.jsonl", [{"messages": r["messages"]} for r in held])
+    write_jsonl(out / "train.jsonl", records)
+    print(f"# {len(held)} held-out, {len(train)} on-policy (x2) + {sharegpt} ShareGPT "
+          "conversations")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--out", type=Path, default=Path("runs/speedup"))
+    ap.add_argument("--mapping", type=Path, default=Path("runs/smol-vocab"),
+                    help="`draftvocab optimize --preset smollm2-135m -o DIR` (made if missing)")
+    ap.add_argument("--per-category", type=int, default=100, help="prompts per category")
+    ap.add_argument("--regen-samples", type=int, default=None,
+                    help="regenerate only the first N prompts (default: all)")
+    ap.add_argument("--sharegpt", type=int, default=1500, help="ShareGPT conversations mixed in")
+    ap.add_argument("--max-len", type=int, default=640)
+    ap.add_argument("--batch-size", type=int, default=4)
+    ap.add_argument("--lrs", default="1e-3,3e-3")
+    ap.add_argument("--ttts", default="3,5")
+    ap.add_argument("--sweep-steps", type=int, default=120)
+    ap.add_argument("--steps", type=int, default=1500)
+    ap.add_argument("--gamma", type=int, default=3, help="chain length (max for adaptive)")
+    ap.add_argument("--bench-per-category", type=int, default=2)
+    ap.add_argument("--bench-runs", type=int, default=3)
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    out = args.out
+    out.mkdir(parents=True, exist_ok=True)
+
+    run(DV + ["optimize", "--preset", "smollm2-135m", "-o", args.mapping],
+        args.mapping / "vocab_mapping.safetensors")
+    run([sys.executable, HERE / "onpolicy_prompts.py", "--per-category", args.per_category,
+         "-o", out / "prompts.jsonl"], out / "prompts.jsonl")
+    regen = DV + ["regenerate", out / "prompts.jsonl", "--turns", "first", "--max-new-tokens",
+                  "128", "--max-prompt-tokens", "1024", "-o", out / "regen.jsonl"]
+    if args.regen_samples:
+        regen += ["--max-samples", args.regen_samples]
+    run(regen, out / "train.jsonl")  # resumes a cut regeneration; skipped once split
+    split_and_mix(out, args.sharegpt, args.seed)
+
+    common = DV + ["train", out / "train.jsonl", "--mapping", args.mapping,
+                   "--cache-features", out / "features", "--eval-data", out / "heldout.jsonl",
+                   "--max-len", args.max_len, "--batch-size", args.batch_size,
+                   "--eval-gamma", args.gamma, "--seed", args.seed, "--json"]
+    results = {}
+    for lr in args.lrs.split(","):
+        for ttt in args.ttts.split(","):
+            name = f"sweep-lr{lr}-ttt{ttt}"
+            run(common + ["--lr", lr, "--ttt-steps", ttt, "--max-steps", args.sweep_steps,
+                          "-o", out / name], out / name / "train_log.json")
+            log = json.loads((out / name / "train_log.json").read_text())
+            results[(lr, ttt)] = log["eval"][-1]["tau"]
+            print(f"# {name}: held-out τ {results[(lr, ttt)]:.3f}")
+    lr, ttt = max(results, key=results.get)
+    print(f"# best: lr {lr}, TTT {ttt}")
+    run(common + ["--lr", lr, "--ttt-steps", ttt, "--max-steps", args.steps,
+                  "--save-every", max(100, args.steps // 5), "-o", out / "draft"],
+        out / "draft" / "train_log.json")
+    write_jsonl(out / "sweep.jsonl", [{"lr": float(k[0]), "ttt_steps": int(k[1]),
+                                       "steps": args.sweep_steps, "heldout_tau": v}
+                                      for k, v in results.items()])
+    run(DV + ["bench", "--draft", f"fixed={out / 'draft'}", "--adaptive-draft",
+              f"adaptive={out / 'draft'}", "--chain", "--gamma", args.gamma,
+              "--peer", "prompt-lookup", "--per-category", args.bench_per_category,
+              "--turns", "1", "--max-new-tokens", "64", "--runs", args.bench_runs,
+              "-o", out / "bench"], out / "bench" / "report.json")
+
+
+if __name__ == "__main__":
+    main()
