@@ -5,17 +5,17 @@ Every step is a `draftvocab` command (printed before it runs) or a few lines of 
 a step whose output exists is skipped, so a cut run resumes where it stopped.
 
     python benchmarks/speedup.py                      # the README's run (about 2 h here)
-    python benchmarks/speedup.py --regen-samples 120 --sweep-steps 60 --steps 300   # smaller
+    python benchmarks/speedup.py --regen-samples 120 --sweep-steps 20 --steps 100   # smaller
 
 Steps (under --out, default runs/speedup):
  1. prompts.jsonl   Spec-Bench-shaped prompts from ShareGPT (benchmarks/onpolicy_prompts.py)
  2. regen.jsonl     the target's greedy answers (`draftvocab regenerate`, resumable)
- 3. heldout.jsonl   every 8th regenerated conversation; train.jsonl: the rest (twice) +
-                    --sharegpt ShareGPT conversations (the target's soft labels on them)
+ 3. heldout.jsonl   every 8th regenerated conversation; train.jsonl: the rest + the first
+                    exchange of --sharegpt ShareGPT conversations (target's soft labels)
  4. features/       target features of train.jsonl, computed once (`train --cache-features`)
  5. sweep-*/        --sweep-steps steps for each lr x TTT depth; held-out τ picks the best
  6. draft/          the best setting for --steps steps (training.png: acc and τ vs tokens)
- 7. bench/          `draftvocab bench`: plain, draft at fixed γ, draft at adaptive γ,
+ 7. bench/          `draftvocab bench`: plain, draft at fixed γ = 2, adaptive γ <= 4,
                     prompt lookup, interleaved, 3 runs, 95 % CI, per category
 """
 
@@ -48,8 +48,9 @@ def write_jsonl(path: Path, records: list[dict]) -> None:
 
 
 def split_and_mix(out: Path, sharegpt: int, seed: int) -> None:
-    """heldout.jsonl (every 8th regenerated conversation) and train.jsonl (the other
-    regenerated ones twice, then `sharegpt` ShareGPT conversations)."""
+    """heldout.jsonl (every 8th regenerated conversation) and train.jsonl (the others, then the
+    first exchange of `sharegpt` ShareGPT conversations: features cost a target forward per
+    token, about 3 ms here, so the mix is kept to about 300k tokens)."""
     if (out / "train.jsonl").exists():
         print(f"# done: {out / 'train.jsonl'}")
         return
@@ -60,15 +61,18 @@ def split_and_mix(out: Path, sharegpt: int, seed: int) -> None:
              if line.strip()]
     regen = [r for r in regen if r.get("generated_tokens")]
     held = regen[::8]
-    train = [r for i, r in enumerate(regen) if i % 8]
-    records = [{"messages": r["messages"]} for r in train] * 2
+    train = [{"messages": r["messages"]} for i, r in enumerate(regen) if i % 8]
     if sharegpt:
         reader = read_conversations(get_preset("smollm2-135m").dataset_path(),
                                     skip_bad_lines=True, max_samples=sharegpt, seed=seed)
-        records += [{"messages": c.messages} for c in reader]
+        for c in reader:  # up to the first assistant turn; one that opens a conversation
+            # answers no prompt, so that record gives no example (as `count` skips it)
+            first = next((i for i, m in enumerate(c.messages) if m["role"] == "assistant"), None)
+            if first is not None:
+                train.append({"messages": c.messages[:first + 1]})
     write_jsonl(out / "heldout.jsonl", [{"messages": r["messages"]} for r in held])
-    write_jsonl(out / "train.jsonl", records)
-    print(f"# {len(held)} held-out, {len(train)} on-policy (x2) + {sharegpt} ShareGPT "
+    write_jsonl(out / "train.jsonl", train)
+    print(f"# {len(held)} held-out, {len(regen) - len(held)} on-policy + {sharegpt} ShareGPT "
           "conversations")
 
 
@@ -80,14 +84,15 @@ def main() -> None:
     ap.add_argument("--per-category", type=int, default=100, help="prompts per category")
     ap.add_argument("--regen-samples", type=int, default=None,
                     help="regenerate only the first N prompts (default: all)")
-    ap.add_argument("--sharegpt", type=int, default=1500, help="ShareGPT conversations mixed in")
-    ap.add_argument("--max-len", type=int, default=640)
+    ap.add_argument("--sharegpt", type=int, default=300, help="ShareGPT conversations mixed in")
+    ap.add_argument("--max-len", type=int, default=1024)
     ap.add_argument("--batch-size", type=int, default=4)
     ap.add_argument("--lrs", default="1e-3,3e-3")
     ap.add_argument("--ttts", default="3,5")
-    ap.add_argument("--sweep-steps", type=int, default=120)
-    ap.add_argument("--steps", type=int, default=1500)
-    ap.add_argument("--gamma", type=int, default=3, help="chain length (max for adaptive)")
+    ap.add_argument("--sweep-steps", type=int, default=40)
+    ap.add_argument("--steps", type=int, default=400)
+    ap.add_argument("--gamma", type=int, default=2, help="fixed chain length")
+    ap.add_argument("--adaptive-gamma", type=int, default=4, help="longest adaptive chain")
     ap.add_argument("--bench-per-category", type=int, default=2)
     ap.add_argument("--bench-runs", type=int, default=3)
     ap.add_argument("--seed", type=int, default=0)
@@ -115,13 +120,15 @@ def main() -> None:
         for ttt in args.ttts.split(","):
             name = f"sweep-lr{lr}-ttt{ttt}"
             run(common + ["--lr", lr, "--ttt-steps", ttt, "--max-steps", args.sweep_steps,
-                          "-o", out / name], out / name / "train_log.json")
+                          "--eval-every", args.sweep_steps, "-o", out / name],
+                out / name / "train_log.json")
             log = json.loads((out / name / "train_log.json").read_text())
             results[(lr, ttt)] = log["eval"][-1]["tau"]
             print(f"# {name}: held-out τ {results[(lr, ttt)]:.3f}")
     lr, ttt = max(results, key=results.get)
     print(f"# best: lr {lr}, TTT {ttt}")
     run(common + ["--lr", lr, "--ttt-steps", ttt, "--max-steps", args.steps,
+                  "--eval-every", max(1, args.steps // 10),
                   "--save-every", max(100, args.steps // 5), "-o", out / "draft"],
         out / "draft" / "train_log.json")
     write_jsonl(out / "sweep.jsonl", [{"lr": float(k[0]), "ttt_steps": int(k[1]),
@@ -129,9 +136,32 @@ def main() -> None:
                                       for k, v in results.items()])
     run(DV + ["bench", "--draft", f"fixed={out / 'draft'}", "--adaptive-draft",
               f"adaptive={out / 'draft'}", "--chain", "--gamma", args.gamma,
+              "--adaptive-gamma", args.adaptive_gamma,
               "--peer", "prompt-lookup", "--per-category", args.bench_per_category,
               "--turns", "1", "--max-new-tokens", "64", "--runs", args.bench_runs,
               "-o", out / "bench"], out / "bench" / "report.json")
+    ceiling(out)
+
+
+def ceiling(out: Path, goal: float = 1.25) -> None:
+    """Where the ceiling is: per variant, τ reached, the cost of a round in plain steps
+    (c = τ / speed-up: a round makes τ tokens in the time of c plain steps) and the τ the
+    goal needs at that cost (goal · c); then held-out τ against training tokens."""
+    report = json.loads((out / "bench" / "report.json").read_text())
+    lines = [("| variant | τ | speed-up | round cost (plain steps) | τ needed for "
+             f"{goal:g}× |"), "|---|---|---|---|---|"]
+    for name in report["variants"][1:]:
+        row = report["table"]["overall"][name]
+        tau, speedup = row["accept_length"][0], row["speedup"]
+        cost = tau / speedup
+        lines.append(f"| {name} | {tau:.2f} | {speedup:.2f}× | {cost:.2f} | {goal * cost:.2f} |")
+    log = json.loads((out / "draft" / "train_log.json").read_text())
+    lines += ["", ("| supervised training tokens | held-out τ (γ = "
+              f"{log['eval'][0]['gamma']}) | held-out acc@0 |"), "|---|---|---|"]
+    lines += [f"| {e['tokens']:,} | {e['tau']:.3f} | {e['acc'][0]:.3f} |" for e in log["eval"]]
+    text = "\n".join(lines) + "\n"
+    (out / "ceiling.md").write_text(text)
+    print(text)
 
 
 if __name__ == "__main__":

@@ -1282,6 +1282,9 @@ def bench(
         "--adaptive-draft", help="NAME=DIR of an EAGLE-3 draft decoded as a chain whose length "
         "(<= --gamma, 0 = a plain step) is chosen every round from measured costs and recent "
         "acceptance (repeatable; beside --draft to compare).")] = None,
+    adaptive_gamma: Annotated[int | None, typer.Option(
+        "--adaptive-gamma", help="Longest chain of --adaptive-draft variants (default: "
+        "--gamma).", show_default=False)] = None,
     endpoint: Annotated[list[str] | None, typer.Option(
         "--endpoint", help="[NAME=]URL of an OpenAI-compatible server (repeatable; vLLM, "
         "SGLang, `draftvocab serve`), asked greedy and streamed; the first is the baseline "
@@ -1366,8 +1369,9 @@ def bench(
         for name, path in specs:
             adaptive = name in adaptive_names
             variants[name] = _decoder(tgt, path, tree and not adaptive, depth, topk,
-                                      total_tokens, gamma, blocks, branch, policy, bandit,
-                                      adaptive)
+                                      total_tokens, gamma if adaptive_gamma is None or not
+                                      adaptive else adaptive_gamma, blocks, branch, policy,
+                                      bandit, adaptive)
         if peers:
             from draftvocab.peers import HFGenerate
 

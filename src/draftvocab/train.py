@@ -5,8 +5,11 @@ target's distribution restricted to the draft vocabulary), the AdamW loop with w
 schedule, and resumable checkpoints. It leaves the model to `draft.py` (whose docstring fixes the
 position/attention convention followed here) and the target to `target.py`.
 
-Target hidden states are computed on the fly, one forward per batch under no_grad; caching them
-to disk is not implemented (for a small target the forward costs less than the TTT backward).
+Target hidden states are computed on the fly, one forward per batch under no_grad, or read from
+a feature cache (`features.py`: fp16, memory-mapped, computed once for many epochs or a sweep).
+The draft's LM head runs only at the positions the loss looks at (`ttt_forward(rows=...)`): on
+chat data most positions are prompt, and the head is most of a draft step's cost. A held-out
+acceptance measure (`acceptance.chain_tau`) can be logged during training.
 """
 
 from __future__ import annotations
