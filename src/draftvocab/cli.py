@@ -1049,13 +1049,12 @@ def train_cmd(
             task = fbar.add_task("target features", total=len(examples))
             features = build_features(model, examples, cache_features,
                                       progress=lambda done, _n: fbar.update(task, completed=done))
-    total = config.max_steps or config.epochs * -(-len(examples) // config.batch_size)
     bar = _TrainProgress() if not as_json else None
     with bar if bar is not None else contextlib.nullcontext():
         result = train_draft(model, examples, out, d2t=d2t, t2d=t2d, config=config,
                              resume=resume, skipped={**reader.stats.skipped, **skipped},
                              progress=bar, features=features, heldout=heldout,
-                             eval_every=eval_every or max(1, total // 10))
+                             eval_every=eval_every)
     summary = {**result.to_json(), "target": target,
                "mapping": str(mapping) if mapping else None}
     if as_json:

@@ -459,7 +459,7 @@ def train_draft(target, examples: Sequence[Example], out: str | os.PathLike, *,
                 skipped: dict[str, int] | None = None,
                 progress: Progress | None = None, features=None,
                 heldout: Callable[[DraftBase], dict] | None = None,
-                eval_every: int = 0) -> TrainResult:
+                eval_every: int | None = None) -> TrainResult:
     """Train a draft on `examples` and write it to `out/` (config.json + model.safetensors),
     with `out/train_log.json` and, every `save_every` steps, `out/checkpoint-<step>/`.
 
@@ -467,7 +467,7 @@ def train_draft(target, examples: Sequence[Example], out: str | os.PathLike, *,
     ends with the same weights as an uninterrupted run. `features` (features.FeatureCache of
     these examples) replaces the target forward of each step by cached fp16 features;
     `heldout(draft)` (e.g. acceptance.chain_tau on held-out replies) is called before the
-    first step, every `eval_every` steps and at the end; its results are logged under "eval"
+    first step, every `eval_every` steps (default: ten times a run) and at the end; its results are logged under "eval"
     with the step and the supervised tokens trained on.
 
     >>> examples, _ = encode_conversations(read_conversations("chats.jsonl"), target.tokenizer,
@@ -482,6 +482,7 @@ def train_draft(target, examples: Sequence[Example], out: str | os.PathLike, *,
     draft = build_draft(target, d2t, t2d, seed=config.seed, config=config)
     batches_per_epoch = math.ceil(len(examples) / config.batch_size)
     total = config.max_steps or config.epochs * batches_per_epoch
+    eval_every = eval_every or max(1, total // 10)
     warmup = (config.warmup_steps if config.warmup_steps is not None
               else max(1, round(0.05 * total)))
     opt = torch.optim.AdamW(draft.parameters(), lr=config.lr, betas=(0.9, 0.95),
@@ -564,7 +565,7 @@ def train_draft(target, examples: Sequence[Example], out: str | os.PathLike, *,
                  **fields, "grad_norm": float(grad_norm), "seconds": time.perf_counter() - t0,
                  "tokens": trained_tokens}
         log.append(entry)
-        if heldout is not None and eval_every and step % eval_every == 0:
+        if heldout is not None and step % eval_every == 0:
             evaluate()
             entry["eval"] = evals[-1]
         if config.save_every and step % config.save_every == 0 and step < total:
