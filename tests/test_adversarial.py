@@ -8,6 +8,7 @@ in a subprocess and send it real SIGINT / SIGTERM at several points.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
@@ -411,17 +412,37 @@ def _command() -> list[str]:
 
 
 def _interrupt(argv: list, schedule: list[tuple[float, int]], group: bool,
-               timeout: float = 180) -> subprocess.CompletedProcess:
-    """Run the command line, send each (delay, signal) in turn, wait for it to end."""
+               timeout: float = 180, workers: int = 0) -> subprocess.CompletedProcess:
+    """Run the command line, send each (delay, signal) in turn, wait for it to end. With
+    `workers`, the first delay counts from when that many worker processes run, not from
+    the start: the signal then lands mid-work on a machine of any speed."""
     proc = subprocess.Popen([*_command(), *map(str, argv)], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, start_new_session=True,
                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    if workers:
+        _wait_for_children(proc, workers)
     for delay, sig in schedule:
         time.sleep(delay)
         if proc.poll() is None:
             (os.killpg(proc.pid, sig) if group else proc.send_signal(sig))
-    out, err = proc.communicate(timeout=timeout)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:  # a hang fails the test and leaves no process behind
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise
     return subprocess.CompletedProcess(proc.args, proc.returncode, out.decode(), err.decode())
+
+
+def _wait_for_children(proc: subprocess.Popen, n: int, limit: float = 120) -> None:
+    import psutil
+
+    parent, deadline = psutil.Process(proc.pid), time.monotonic() + limit
+    while time.monotonic() < deadline and proc.poll() is None:
+        with contextlib.suppress(psutil.Error):
+            if len(parent.children()) >= n:
+                return
+        time.sleep(0.02)
 
 
 def _check_interrupted(res, protected: Path, before, finished_ok: bool = False):
@@ -458,14 +479,17 @@ def test_interrupted_count_exits_130_with_one_line_and_no_change(case_files, sch
     _check_interrupted(res, out, before)
 
 
+@pytest.mark.parametrize("delay", [0.0, 0.3])
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
-def test_interrupted_datasets_engine_leaves_no_worker_traceback(case_files, tmp_path, sig):
-    """datasets' own process pool forks workers that inherit the handler: they stay quiet."""
+def test_interrupted_datasets_engine_leaves_no_worker_traceback(case_files, tmp_path, sig, delay):
+    """Signalled while its workers run (as they start, or mid-batch), the datasets engine ends
+    with one line and exit 130: no worker traceback, and no hang (datasets' own pool hung in
+    `terminate()` when a worker died holding its task queue's lock)."""
     big = jsonl(tmp_path / "big.jsonl", [CHATS[i % 2] for i in range(20000)])
     out = case_files / "good.safetensors"
     before = snapshot(out)
     res = _interrupt(["count", big, *TOK[:-2], "--engine", "datasets", "--workers", "2", "-o",
-                      out], [(7.0, sig)], group=True)
+                      out], [(delay, sig)], group=True, workers=2)
     _check_interrupted(res, out, before)
 
 

@@ -2,7 +2,8 @@
 
 It installs the interrupt handler before anything heavy is imported, so that Ctrl-C or SIGTERM
 at any moment — importing, working, cleaning up — ends the process with one line and exit
-code 130, never a traceback and never a success. Everything else is `cli.py`.
+code 130, never a traceback and never a success; one that comes after the command is over
+changes nothing. Everything else is `cli.py`.
 """
 
 from __future__ import annotations
@@ -24,6 +25,10 @@ def main() -> None:
     except BaseException:  # a library's reaction to an interrupt is an interrupt
         if not interrupts.received():
             raise
+    finally:
+        # The command is over: a signal now would only let the interpreter's shutdown (which
+        # restores the default handlers) kill a finished run, turning exit 0 into "killed".
+        interrupts.ignore()
     if interrupts.received():  # also when swallowed somewhere: never a success
         code = _interrupted()
     sys.exit(code)

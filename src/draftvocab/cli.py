@@ -331,8 +331,8 @@ def count(
     eot: EotOpt = True, workers: WorkersOpt = None, template_kwargs: KwargsOpt = None,
     supervise: SuperviseOpt = "generated", leading_assistant: LeadingOpt = "drop",
     engine: Annotated[str, typer.Option(
-        "--engine", help="local (built-in process pool), datasets (HF datasets map with "
-        "--workers as num_proc) or ray (Ray Data; `pip install 'draftvocab[ray]'`, "
+        "--engine", help="local (built-in process pool), datasets (read by HF datasets, "
+        "counted in --workers processes) or ray (Ray Data; `pip install 'draftvocab[ray]'`, "
         "RAY_ADDRESS for a cluster).")] = "local",
     as_json: JsonOpt = False,
 ) -> None:

@@ -83,6 +83,12 @@ def worker_init() -> None:
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
+def ignore() -> None:
+    """Ignore SIGINT and SIGTERM from now on (the command is over; only exiting is left)."""
+    for sig in SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+
+
 def reset() -> None:
     """Forget received signals (tests running several commands in one process)."""
     _received.clear()

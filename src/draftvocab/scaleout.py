@@ -1,6 +1,6 @@
 """Counting on an existing data engine, for datasets larger than one machine handles: Hugging
-Face `datasets` with `num_proc` locally, or Ray Data on a cluster (`pip install
-'draftvocab[ray]'`).
+Face `datasets` locally (Arrow reading, memory-mapped, counted in the built-in worker pool), or
+Ray Data on a cluster (`pip install 'draftvocab[ray]'`).
 
 Both run the same batch function as the built-in counter — records → messages → assistant
 spans → supervised ids — and ship back only a sparse (id, count) pair per batch, so the driver
@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from draftvocab.conversations import Conversation
-from draftvocab.counts import TokenCounts, _count_batch, check_ids, finish_counts
+from draftvocab.counts import TokenCounts, _count_batch, check_ids, finish_counts, worker_pool
 from draftvocab.errors import DraftVocabError
 from draftvocab.messages import DEFAULT_ROLES, ColumnMap, checked_role_map, record_to_chat
 from draftvocab.spans import ChatSpans
@@ -130,35 +130,51 @@ def _engine_errors(engine: str, files: Sequence[str]):
             "--engine local --skip-bad-lines)") from None
 
 
+_ROWS: Any = None  # the loaded dataset; forked counting workers inherit it, tasks are (start, stop)
+
+
+def _count_rows(start: int, stop: int, columns: ColumnMap, roles: dict[str, str],
+                spans: ChatSpans | None = None) -> dict[str, Any]:
+    """Count rows [start, stop) of `_ROWS` (in a worker: with the spans the pool gave it)."""
+    from draftvocab import counts
+
+    batch = _ROWS[start:stop]
+    records = _records([{k: batch[k][i] for k in batch} for i in range(stop - start)])
+    return _batch_counts(records, spans or counts._WORKER_SPANS, columns, roles)
+
+
 def count_with_datasets(files: Sequence[str], spans: ChatSpans, vocab_size: int, *,
                         num_proc: int | None = None, batch_size: int = 256,
                         columns: ColumnMap | None = None,
                         role_map: dict[str, str] | None = None) -> TokenCounts:
-    """Count with `datasets.Dataset.map(batched=True, num_proc=...)` over the files."""
+    """Read the files with `datasets` (Arrow, memory-mapped) and count its rows in `num_proc`
+    processes of the built-in counter's pool.
+
+    Not `Dataset.map(num_proc=...)`: its `multiprocess.Pool` hangs for good in `terminate()`
+    when a worker dies holding the task queue's lock — which a Ctrl-C or SIGTERM sent to the
+    process group does at random. The built-in pool kills its workers and never waits on them."""
     import datasets
 
+    global _ROWS
     columns = columns or ColumnMap()
     roles = {**DEFAULT_ROLES, **checked_role_map(role_map)}
     datasets.disable_progress_bars()
     builder = _builder(files)
     with _engine_errors("datasets", files):
         ds = datasets.load_dataset(builder, data_files=list(files), split="train")
-
-    def fn(batch: dict[str, list]) -> dict[str, list]:
-        n = len(next(iter(batch.values())))
-        records = _records([{k: batch[k][i] for k in batch} for i in range(n)])
-        out = _batch_counts(records, spans, columns, roles)
-        return {"ids": [out["ids"]], "counts": [out["counts"]],
-                "conversations": [out["conversations"]],
-                "skipped": [json.dumps(out["skipped"])], "stats": [json.dumps(out["stats"])]}
-
-    with _engine_errors("datasets", files):
-        parts = ds.map(fn, batched=True, batch_size=batch_size, num_proc=num_proc,
-                       remove_columns=ds.column_names, load_from_cache_file=False)
-    total, conversations, skipped, extra = _absorb(
-        ({"ids": r["ids"], "counts": r["counts"], "conversations": r["conversations"],
-          "skipped": json.loads(r["skipped"]), "stats": json.loads(r["stats"])} for r in parts),
-        vocab_size)
+    bounds = [(i, min(i + batch_size, len(ds))) for i in range(0, len(ds), batch_size)]
+    _ROWS = ds
+    try:
+        with _engine_errors("datasets", files):
+            if not num_proc or num_proc == 1:
+                parts = [_count_rows(a, b, columns, roles, spans) for a, b in bounds]
+            else:
+                with worker_pool(num_proc, spans) as pool:
+                    futures = [pool.submit(_count_rows, a, b, columns, roles) for a, b in bounds]
+                    parts = [f.result() for f in futures]  # input order: deterministic examples
+    finally:
+        _ROWS = None
+    total, conversations, skipped, extra = _absorb(parts, vocab_size)
     return finish_counts(total, spans, conversations, skipped,
                          [{"kind": "files", "engine": "datasets", "files": list(files)}], extra)
 
