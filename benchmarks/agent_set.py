@@ -34,14 +34,14 @@ from pathlib import Path
 
 import numpy as np
 
-from draftvocab.assets import asset_package_file, load_tokenizer
-from draftvocab.conversations import read_conversations
-from draftvocab.counts import count_tokens
-from draftvocab.flops import flops_breakdown
-from draftvocab.objective import coverage_curve, make_objective
-from draftvocab.optimize import optimize_objective
-from draftvocab.presets import get_preset
-from draftvocab.spans import ChatSpans
+from draftvocab.chat.conversations import read_conversations
+from draftvocab.chat.spans import ChatSpans
+from draftvocab.core.assets import asset_package_file, load_tokenizer
+from draftvocab.engine.presets import get_preset
+from draftvocab.vocab.counts import count_tokens
+from draftvocab.vocab.flops import flops_breakdown
+from draftvocab.vocab.objective import coverage_curve, make_objective
+from draftvocab.vocab.optimize import optimize_objective
 
 QWEN3_06B = {"hidden_size": 1024, "intermediate_size": 3072, "num_attention_heads": 16,
              "num_key_value_heads": 8, "head_dim": 128, "vocab_size": 151936}
@@ -97,8 +97,8 @@ def prompts(n: int, seed: int) -> list[str]:
 
 def generate(chats: list[list[dict]], out: Path, max_new_tokens: int) -> list[str]:
     """The target's greedy reply to each chat (via `regenerate`, so resumable)."""
-    from draftvocab.regenerate import regenerate
-    from draftvocab.target import load_target
+    from draftvocab.engine.regenerate import regenerate
+    from draftvocab.engine.target import load_target
 
     records = [{"id": f"g{i}", "messages": [*chat, {"role": "assistant", "content": ""}]}
                for i, chat in enumerate(chats)]

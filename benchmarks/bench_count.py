@@ -28,14 +28,14 @@ from pathlib import Path
 import numpy as np
 import psutil
 
-from draftvocab.assets import asset_package_file, load_tokenizer
-from draftvocab.conversations import read_conversations
-from draftvocab.counts import count_tokens
-from draftvocab.flops import flops_breakdown
-from draftvocab.objective import make_objective
-from draftvocab.optimize import optimize_objective
-from draftvocab.presets import get_preset
-from draftvocab.spans import ChatSpans, SpanError
+from draftvocab.chat.conversations import read_conversations
+from draftvocab.chat.spans import ChatSpans, SpanError
+from draftvocab.core.assets import asset_package_file, load_tokenizer
+from draftvocab.engine.presets import get_preset
+from draftvocab.vocab.counts import count_tokens
+from draftvocab.vocab.flops import flops_breakdown
+from draftvocab.vocab.objective import make_objective
+from draftvocab.vocab.optimize import optimize_objective
 
 # Qwen3-0.6B's public config: V = 151,936 (> len(tokenizer) = 151,669).
 QWEN3_06B = {"hidden_size": 1024, "intermediate_size": 3072, "num_attention_heads": 16,
@@ -99,7 +99,7 @@ def throughput(n: int, repeats: int) -> dict:
 def peak_memory(n: int) -> dict:
     """Run `draftvocab count --max-samples n` and poll the whole process tree's RSS."""
     with tempfile.TemporaryDirectory() as tmp:
-        cmd = [sys.executable, "-m", "draftvocab.cli", "count", "--max-samples", str(n),
+        cmd = [sys.executable, "-m", "draftvocab", "count", "--max-samples", str(n),
                "--out", str(Path(tmp) / "c.safetensors"), "--json"]
         t0 = time.perf_counter()
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)

@@ -18,10 +18,10 @@ import argparse
 import time
 from pathlib import Path
 
-from draftvocab.bench import load_questions, markdown, run_benchmark, write_report
-from draftvocab.decode import SpeculativeDecoder
-from draftvocab.draft import aux_layers, load_draft
-from draftvocab.target import load_target
+from draftvocab.engine.bench import load_questions, markdown, run_benchmark, write_report
+from draftvocab.engine.decode import SpeculativeDecoder
+from draftvocab.engine.draft import aux_layers, load_draft
+from draftvocab.engine.target import load_target
 
 
 def main() -> None:

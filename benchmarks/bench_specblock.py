@@ -31,12 +31,12 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-from draftvocab.bandit import DEFAULT_ARMS, BudgetBandit
-from draftvocab.bench import load_questions, markdown, mean_ci, run_benchmark, write_report
-from draftvocab.blockdecode import SpecBlockDecoder
-from draftvocab.decode import SpeculativeDecoder
-from draftvocab.draft import aux_layers, load_draft
-from draftvocab.target import load_target
+from draftvocab.engine.bandit import DEFAULT_ARMS, BudgetBandit
+from draftvocab.engine.bench import load_questions, markdown, mean_ci, run_benchmark, write_report
+from draftvocab.engine.blockdecode import SpecBlockDecoder
+from draftvocab.engine.decode import SpeculativeDecoder
+from draftvocab.engine.draft import aux_layers, load_draft
+from draftvocab.engine.target import load_target
 
 MIX_A = ("translation", "summarization", "rag")
 

@@ -18,12 +18,12 @@ from pathlib import Path
 
 import torch
 
-from draftvocab import train as train_module
-from draftvocab.conversations import read_conversations
-from draftvocab.features import build_features
-from draftvocab.mapping import load_mapping
-from draftvocab.target import load_target
-from draftvocab.train import TrainConfig, encode_conversations, mapping_tensors, train_draft
+from draftvocab.chat.conversations import read_conversations
+from draftvocab.engine import train as train_module
+from draftvocab.engine.features import build_features
+from draftvocab.engine.target import load_target
+from draftvocab.engine.train import TrainConfig, encode_conversations, mapping_tensors, train_draft
+from draftvocab.vocab.mapping import load_mapping
 
 
 def main() -> None:

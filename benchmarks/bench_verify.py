@@ -18,7 +18,7 @@ import types
 
 import torch
 
-from draftvocab.target import _few_rows_linear, load_target
+from draftvocab.engine.target import _few_rows_linear, load_target
 
 
 def main() -> None:

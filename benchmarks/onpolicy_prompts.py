@@ -22,8 +22,8 @@ import random
 import re
 from pathlib import Path
 
-from draftvocab.assets import asset_package_file
-from draftvocab.presets import SHAREGPT
+from draftvocab.core.assets import asset_package_file
+from draftvocab.engine.presets import SHAREGPT
 
 GERMAN = re.compile(r"\b(und|der|die|das|ist|nicht|ich|mit|für|auf|wir|sie|eine|ein|zu)\b")
 NUMBER = re.compile(r"\b\d+(?:\.\d+)?\b")

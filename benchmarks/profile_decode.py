@@ -21,12 +21,12 @@ from collections import defaultdict
 
 import torch
 
-from draftvocab import decode
-from draftvocab.bench import load_questions
-from draftvocab.blockdecode import SpecBlockDecoder, decoder_for
-from draftvocab.decode import SpeculativeDecoder
-from draftvocab.draft import aux_layers, load_draft
-from draftvocab.target import load_target
+from draftvocab.engine import decode
+from draftvocab.engine.bench import load_questions
+from draftvocab.engine.blockdecode import SpecBlockDecoder, decoder_for
+from draftvocab.engine.decode import SpeculativeDecoder
+from draftvocab.engine.draft import aux_layers, load_draft
+from draftvocab.engine.target import load_target
 
 
 def _timed(totals, name, fn):

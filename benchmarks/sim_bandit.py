@@ -22,7 +22,7 @@ import statistics
 from collections import defaultdict
 from pathlib import Path
 
-from draftvocab.bandit import BudgetBandit
+from draftvocab.engine.bandit import BudgetBandit
 
 TOKENS = 64  # new tokens per request, as in the benchmark
 

@@ -14,7 +14,7 @@ import os
 from collections import defaultdict
 from pathlib import Path
 
-from draftvocab.bench import load_questions
+from draftvocab.engine.bench import load_questions
 
 
 def main() -> None:

@@ -54,8 +54,8 @@ def split_and_mix(out: Path, sharegpt: int, seed: int) -> None:
     if (out / "train.jsonl").exists():
         print(f"# done: {out / 'train.jsonl'}")
         return
-    from draftvocab.conversations import read_conversations
-    from draftvocab.presets import get_preset
+    from draftvocab.chat.conversations import read_conversations
+    from draftvocab.engine.presets import get_preset
 
     regen = [json.loads(line) for line in (out / "regen.jsonl").read_text().splitlines()
              if line.strip()]

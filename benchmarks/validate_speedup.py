@@ -1,6 +1,6 @@
 """Predicted vs measured tokens/s for drafts of several vocabulary sizes (chain decoding).
 
-Prediction: `draftvocab.latency.predict_speed` from the counts' coverage C(k), a measured
+Prediction: `draftvocab.engine.latency.predict_speed` from the counts' coverage C(k), a measured
 latency model T_draft(k) (`draftvocab latency`) and a calibration (`draftvocab calibrate`: the
 per-position acceptance of a full-vocabulary draft and the target's verify time). Measurement:
 the Spec-Bench benchmark, all drafts and plain decoding interleaved per request, `--runs` runs.
@@ -19,15 +19,15 @@ from pathlib import Path
 
 import numpy as np
 
-from draftvocab.atomic import atomic_directory
-from draftvocab.bench import load_questions, run_benchmark
-from draftvocab.counts import TokenCounts
-from draftvocab.decode import SpeculativeDecoder
-from draftvocab.draft import aux_layers, load_draft, read_config
-from draftvocab.latency import LatencyModel, predict_speed
-from draftvocab.objective import coverage_curve
-from draftvocab.plots import plot_speed
-from draftvocab.target import load_target
+from draftvocab.analysis.plots import plot_speed
+from draftvocab.core.atomic import atomic_directory
+from draftvocab.engine.bench import load_questions, run_benchmark
+from draftvocab.engine.decode import SpeculativeDecoder
+from draftvocab.engine.draft import aux_layers, load_draft, read_config
+from draftvocab.engine.latency import LatencyModel, predict_speed
+from draftvocab.engine.target import load_target
+from draftvocab.vocab.counts import TokenCounts
+from draftvocab.vocab.objective import coverage_curve
 
 
 def _ranks(x) -> np.ndarray:

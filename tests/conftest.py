@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from draftvocab.assets import asset_package_file, load_tokenizer
+from draftvocab.core.assets import asset_package_file, load_tokenizer
 
 TEMPLATES = Path(__file__).resolve().parents[2] / "shared" / "assets" / "chat_templates"
 if not TEMPLATES.exists():  # CI clones next to shared/, a developer checkout may sit elsewhere
@@ -58,8 +58,8 @@ def make_tiny_target(seed: int = 0, dtype=None, layers=None, **overrides):
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from draftvocab.presets import get_preset
-    from draftvocab.target import Target
+    from draftvocab.engine.presets import get_preset
+    from draftvocab.engine.target import Target
 
     tok = get_preset("smollm2-135m").load_tokenizer()
     cfg = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 4,
@@ -93,7 +93,7 @@ def exact_joint(target, prompt, n, temperature, top_p=1.0):
 
     import torch
 
-    from draftvocab.decode import _sampling_probs
+    from draftvocab.engine.decode import _sampling_probs
 
     conts = torch.tensor(list(itertools.product(range(target.vocab_size), repeat=n)))
     seqs = torch.cat([torch.tensor(prompt).expand(len(conts), -1), conts], dim=1)

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from draftvocab.acceptance import chain_tau, prepare_heldout, replay
-from draftvocab.decode import SpeculativeDecoder
-from draftvocab.train import Example
+from draftvocab.engine.acceptance import chain_tau, prepare_heldout, replay
+from draftvocab.engine.decode import SpeculativeDecoder
+from draftvocab.engine.train import Example
 from tests.conftest import make_tiny_target
 from tests.test_decode import KEEP, OracleDraft, V, _draft, _prompts
 

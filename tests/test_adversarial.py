@@ -9,7 +9,6 @@ in a subprocess and send it real SIGINT / SIGTERM at several points.
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import json
 import os
 import signal
@@ -23,9 +22,9 @@ import pytest
 from safetensors.numpy import save_file
 from typer.testing import CliRunner
 
-from draftvocab.assets import DATA_DIR, asset_package_file
 from draftvocab.cli import app
-from draftvocab.counts import TokenCounts
+from draftvocab.core.assets import DATA_DIR, asset_package_file
+from draftvocab.vocab.counts import TokenCounts
 from tests.conftest import template_path
 
 V = 128_256
@@ -76,7 +75,7 @@ def ws(tmp_path_factory) -> Path:
               "--solver", "exact", "--no-plots", "-o", root / "run"))
     ok(invoke("mapping", "--counts", root / "good.safetensors", "--k", 20, "-o",
               root / "mapping"))
-    zero = {"format": "draftvocab.counts/1", "vocab_size": V, "tokenizer": {"sha256": "x"}}
+    zero = {"format": "draftvocab.vocab.counts/1", "vocab_size": V, "tokenizer": {"sha256": "x"}}
     save_file({"counts": np.zeros(V, dtype=np.int64)}, str(root / "zero.safetensors"),
               metadata={"draftvocab": json.dumps(zero)})
     write(root / "notatok.json", '{"this": "is not a tokenizer"}')
@@ -368,8 +367,7 @@ def _dead_pid() -> int:
 def test_stale_temporaries_of_dead_runs_are_removed_and_only_those(case_files):
     import socket
 
-    from draftvocab import atomic
-
+    from draftvocab.core import atomic
     ws = case_files
     out = ws / "fresh.safetensors"
     dead, host = _dead_pid(), atomic._HOST
@@ -391,8 +389,7 @@ def test_stale_temporaries_of_dead_runs_are_removed_and_only_those(case_files):
 
 
 def test_a_predecessor_stranded_by_a_kill_mid_swap_is_put_back(case_files):
-    from draftvocab import atomic
-
+    from draftvocab.core import atomic
     ws = case_files
     before = snapshot(ws / "mapping")
     stranded = ws / f".mapping.draftvocab-{atomic._HOST}-{_dead_pid()}-deadbeef.old"
@@ -407,7 +404,7 @@ def test_a_predecessor_stranded_by_a_kill_mid_swap_is_put_back(case_files):
 
 
 def _command() -> list[str]:
-    entry = "draftvocab" if importlib.util.find_spec("draftvocab.__main__") else "draftvocab.cli"
+    entry = "draftvocab"
     return [sys.executable, "-m", entry]
 
 

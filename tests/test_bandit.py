@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import random
 
-from draftvocab.bandit import BudgetBandit
+from draftvocab.engine.bandit import BudgetBandit
 
 
 def _serve(bandit, rounds, tokens_and_seconds, rng):

@@ -10,11 +10,11 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from draftvocab.bench import load_questions, markdown, mean_ci, run_benchmark
 from draftvocab.cli import app
-from draftvocab.decode import SpeculativeDecoder
-from draftvocab.draft import DraftConfig, Eagle3Draft, save_draft
-from draftvocab.errors import DraftVocabError
+from draftvocab.core.errors import DraftVocabError
+from draftvocab.engine.bench import load_questions, markdown, mean_ci, run_benchmark
+from draftvocab.engine.decode import SpeculativeDecoder
+from draftvocab.engine.draft import DraftConfig, Eagle3Draft, save_draft
 from tests.conftest import make_tiny_target
 
 runner = CliRunner()

@@ -15,9 +15,9 @@ import torch
 from safetensors.numpy import load_file
 from typer.testing import CliRunner
 
-from draftvocab.assets import DATA_DIR, asset_package_file, load_tokenizer
 from draftvocab.cli import app
-from draftvocab.counts import TokenCounts
+from draftvocab.core.assets import DATA_DIR, asset_package_file, load_tokenizer
+from draftvocab.vocab.counts import TokenCounts
 from tests.conftest import template_path
 
 V = 128_256
@@ -256,7 +256,7 @@ def test_mapping_any_k(counts_file, tmp_path, k):
         "vocab_mapping.pt", "vocab_mapping.safetensors", "draft_vocab.json"}
     ids = check_mapping_files(out, counts, k)
     if k == 5:
-        from draftvocab.assets import load_tokenizer
+        from draftvocab.core.assets import load_tokenizer
 
         texts = [t["text"] for t in json.loads((out / "draft_vocab.json").read_text())["tokens"]]
         assert texts == load_tokenizer(LLAMA_TOK).convert_ids_to_tokens(ids.tolist())

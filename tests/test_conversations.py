@@ -9,9 +9,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from draftvocab import conversations as conv_mod
-from draftvocab.conversations import ColumnMap, parse_role_map, read_conversations
-from draftvocab.errors import DraftVocabError
+from draftvocab.chat import conversations as conv_mod
+from draftvocab.chat.conversations import ColumnMap, parse_role_map, read_conversations
+from draftvocab.core.errors import DraftVocabError
 
 SHAREGPT = (
     Path(__file__).resolve().parents[1]

@@ -11,13 +11,13 @@ import pytest
 from safetensors.numpy import save_file
 from typer.testing import CliRunner
 
-from draftvocab.assets import DATA_DIR, asset_package_file
+from draftvocab.chat.conversations import read_conversations
+from draftvocab.chat.spans import ChatSpans
 from draftvocab.cli import app
-from draftvocab.conversations import read_conversations
-from draftvocab.counts import TokenCounts, count_tokens, merge_counts
-from draftvocab.errors import DraftVocabError
-from draftvocab.presets import PRESETS
-from draftvocab.spans import ChatSpans
+from draftvocab.core.assets import DATA_DIR, asset_package_file
+from draftvocab.core.errors import DraftVocabError
+from draftvocab.engine.presets import PRESETS
+from draftvocab.vocab.counts import TokenCounts, count_tokens, merge_counts
 from tests.conftest import template_path
 
 KW = {"date_string": "26 Jul 2024"}
@@ -178,7 +178,7 @@ def test_cli_count_is_byte_identical_and_matches_by_hand(tmp_path, llama_preset_
     loaded = TokenCounts.load(a)
     np.testing.assert_array_equal(loaded.counts, by_hand(llama_preset_tok, CONVS))
     meta = loaded.metadata
-    assert meta["format"] == "draftvocab.counts/1" and meta["vocab_size"] == V
+    assert meta["format"] == "draftvocab.vocab.counts/1" and meta["vocab_size"] == V
     assert meta["tokenizer"]["sha256"] == hashlib.sha256(
         llama_preset_tok.backend_tokenizer.to_str().encode()).hexdigest()
     assert meta["tokenizer"]["len"] == V
@@ -293,7 +293,7 @@ def _corrupt_files(tmp_path: Path) -> dict[str, tuple[Path, str]]:
     files["bad_json"] = (bad_json, "metadata is not a JSON object")
     floats = tmp_path / "floats.safetensors"
     save_file({"counts": np.zeros(3, dtype=np.float32)}, str(floats),
-              metadata={"draftvocab": json.dumps({"format": "draftvocab.counts/1"})})
+              metadata={"draftvocab": json.dumps({"format": "draftvocab.vocab.counts/1"})})
     not_object = tmp_path / "not_object.safetensors"
     save_file({"counts": np.zeros(3, dtype=np.int64)}, str(not_object),
               metadata={"draftvocab": "[1, 2]"})
@@ -353,8 +353,8 @@ def test_counts_record_the_rule_arguments_left_out_turns_and_token_strings(llama
 
 
 def test_iter_supervised_yields_in_input_order_whatever_finishes_first(llama):
-    from draftvocab.conversations import Conversation
-    from draftvocab.counts import iter_supervised
+    from draftvocab.chat.conversations import Conversation
+    from draftvocab.vocab.counts import iter_supervised
 
     spans = ChatSpans(llama)
     # Long and short conversations mixed, so the two workers finish batches out of order.

@@ -8,14 +8,14 @@ import json
 import numpy as np
 import pytest
 
-from draftvocab.conversations import ColumnMap, read_conversations
-from draftvocab.counts import count_by_group, count_tokens, iter_supervised
-from draftvocab.coverage import coverage_row, coverage_table, missing_tokens
-from draftvocab.flops import flops_breakdown
-from draftvocab.objective import make_objective
-from draftvocab.optimize import optimize_objective
-from draftvocab.spans import ChatSpans
-from draftvocab.stability import SparseCounts, stability, sweep
+from draftvocab.analysis.coverage import coverage_row, coverage_table, missing_tokens
+from draftvocab.analysis.stability import SparseCounts, stability, sweep
+from draftvocab.chat.conversations import ColumnMap, read_conversations
+from draftvocab.chat.spans import ChatSpans
+from draftvocab.vocab.counts import count_by_group, count_tokens, iter_supervised
+from draftvocab.vocab.flops import flops_breakdown
+from draftvocab.vocab.objective import make_objective
+from draftvocab.vocab.optimize import optimize_objective
 from tests.test_cli import EXPLICIT, LLAMA_CONFIG, fail, ok_json
 
 T2D = np.array([1, 1, 0, 1, 0, 0], dtype=bool)  # ids 0, 1, 3 in the vocabulary

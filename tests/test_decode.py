@@ -9,9 +9,9 @@ from collections import Counter
 import pytest
 import torch
 
-from draftvocab.decode import SpeculativeDecoder
-from draftvocab.draft import DraftConfig, Eagle3Draft
-from draftvocab.errors import DraftVocabError
+from draftvocab.core.errors import DraftVocabError
+from draftvocab.engine.decode import SpeculativeDecoder
+from draftvocab.engine.draft import DraftConfig, Eagle3Draft
 from tests.conftest import chi2_critical, exact_joint, make_tiny_target
 
 V = 8  # a tiny vocabulary: random drafts then agree with the target often enough to accept
@@ -171,7 +171,7 @@ def test_sliding_window_targets_are_refused():
     """Rejected tree rows are cut from the KV cache by position: only full-attention layers."""
     from transformers import MistralConfig, MistralForCausalLM
 
-    from draftvocab.target import Target
+    from draftvocab.engine.target import Target
 
     tok = make_tiny_target().tokenizer
     model = MistralForCausalLM(MistralConfig(

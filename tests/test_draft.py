@@ -8,8 +8,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from draftvocab.draft import DraftConfig, Eagle3Draft, aux_layers, load_draft, save_draft
-from draftvocab.errors import DraftVocabError
+from draftvocab.core.errors import DraftVocabError
+from draftvocab.engine.draft import DraftConfig, Eagle3Draft, aux_layers, load_draft, save_draft
 from tests.conftest import make_tiny_target
 
 SPECFORGE_KEYS = {

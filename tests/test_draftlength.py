@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from draftvocab.decode import SpeculativeDecoder
-from draftvocab.draftlength import AdaptiveLength
-from draftvocab.errors import DraftVocabError
+from draftvocab.core.errors import DraftVocabError
+from draftvocab.engine.decode import SpeculativeDecoder
+from draftvocab.engine.draftlength import AdaptiveLength
 from tests.test_acceptance import target  # noqa: F401  (fixture)
 from tests.test_decode import KEEP, OracleDraft, _draft, _prompts
 

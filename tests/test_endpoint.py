@@ -17,17 +17,17 @@ import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 
-from draftvocab.conversations import read_conversations
-from draftvocab.endpoint import (
+from draftvocab.chat.conversations import read_conversations
+from draftvocab.core.errors import DraftVocabError
+from draftvocab.engine.endpoint import (
     Endpoint,
     RequestRejected,
     served_models,
     server_accept_length,
     server_counters,
 )
-from draftvocab.errors import DraftVocabError
-from draftvocab.regenerate import regenerate_remote
-from draftvocab.target import load_target_tokenizer
+from draftvocab.engine.regenerate import regenerate_remote
+from draftvocab.engine.target import load_target_tokenizer
 
 CALL = {"name": "get_weather", "arguments": '{"city": "Paris", "unit": "C"}'}
 

@@ -12,9 +12,9 @@ import torch
 from typer.testing import CliRunner
 
 from draftvocab.cli import app
-from draftvocab.errors import DraftVocabError
-from draftvocab.features import build_features, kept_logits
-from draftvocab.train import TrainConfig, collate, kept_targets, train_draft, ttt_targets
+from draftvocab.core.errors import DraftVocabError
+from draftvocab.engine.features import build_features, kept_logits
+from draftvocab.engine.train import TrainConfig, collate, kept_targets, train_draft, ttt_targets
 from tests.conftest import make_peaked_target
 from tests.test_train import (  # noqa: F401  (fixtures)
     data_file,

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 import draftvocab
-from draftvocab.errors import DraftVocabError
-from draftvocab.flops import flops_breakdown
+from draftvocab.core.errors import DraftVocabError
+from draftvocab.vocab.flops import flops_breakdown
 
 LLAMA = Path(draftvocab.__file__).parent / "data" / "llama-3.1-8b-config.json"
 

@@ -12,10 +12,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from draftvocab import formats
-from draftvocab.draft import load_draft, save_draft
-from draftvocab.errors import DraftVocabError
-from draftvocab.mapping import build_mapping, write_mapping_files
+from draftvocab.core.errors import DraftVocabError
+from draftvocab.engine.draft import load_draft, save_draft
+from draftvocab.interop import formats
+from draftvocab.vocab.mapping import build_mapping, write_mapping_files
 from tests.conftest import make_tiny_target
 from tests.test_draft import trimmed
 
@@ -83,7 +83,7 @@ def test_speculators_export_renames_and_imports_back_exactly(saved, tmp_path, ti
 
 
 def test_full_vocabulary_speculators_export_has_no_mapping(tmp_path, tiny_target):
-    from draftvocab.draft import DraftConfig, Eagle3Draft
+    from draftvocab.engine.draft import DraftConfig, Eagle3Draft
 
     draft = Eagle3Draft(DraftConfig.for_target(tiny_target),
                         tiny_target.model.get_input_embeddings())

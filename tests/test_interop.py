@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from draftvocab import formats
-from draftvocab.draft import load_draft, save_draft
-from draftvocab.mapping import build_mapping
+from draftvocab.engine.draft import load_draft, save_draft
+from draftvocab.interop import formats
+from draftvocab.vocab.mapping import build_mapping
 from tests.conftest import make_tiny_target
 from tests.test_formats import random_draft
 
@@ -204,8 +204,8 @@ def _with_newline_after(tok, ids: list[int], token: str) -> list[int]:
 
 @pytest.fixture(scope="module")
 def sharegpt_200():
-    from draftvocab.conversations import read_conversations
-    from draftvocab.presets import get_preset
+    from draftvocab.chat.conversations import read_conversations
+    from draftvocab.engine.presets import get_preset
 
     path = get_preset("llama3.1-8b").dataset_path()
     convs = [c.messages for c in read_conversations(path, skip_bad_lines=True,
@@ -222,7 +222,7 @@ def sharegpt_200():
 ])
 def test_sharegpt_supervision_matches_specforge(load_tok, sharegpt_200, kind, template,
                                                 specforge_name, kwargs):
-    from draftvocab.spans import ChatSpans
+    from draftvocab.chat.spans import ChatSpans
 
     tok = load_tok(kind, template)
     spans = ChatSpans(tok, template_kwargs=kwargs)
@@ -241,7 +241,7 @@ def test_sharegpt_supervision_matches_specforge(load_tok, sharegpt_200, kind, te
 
 
 def test_specforge_thinking_parser_differs_only_where_documented(load_tok):
-    from draftvocab.spans import ChatSpans
+    from draftvocab.chat.spans import ChatSpans
     from tests.test_spans_generated import PARALLEL, Q, chat
 
     tok = load_tok("qwen", "Qwen-Qwen3")

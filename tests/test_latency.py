@@ -9,15 +9,15 @@ import json
 import numpy as np
 import pytest
 
-from draftvocab.counts import TokenCounts
-from draftvocab.draft import DraftConfig, Eagle3Draft, save_draft
-from draftvocab.latency import (
+from draftvocab.engine.draft import DraftConfig, Eagle3Draft, save_draft
+from draftvocab.engine.latency import (
     LatencyModel,
     acceptance_from_lengths,
     fastest_multiple,
     measure_latency,
     predict_speed,
 )
+from draftvocab.vocab.counts import TokenCounts
 from tests.test_cli import fail, ok_json
 
 TINY = {"hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 4,

@@ -5,8 +5,8 @@ import pytest
 import safetensors.torch
 import torch
 
-from draftvocab.errors import DraftVocabError
-from draftvocab.mapping import (
+from draftvocab.core.errors import DraftVocabError
+from draftvocab.vocab.mapping import (
     VocabMapping,
     build_mapping,
     load_mapping,

@@ -7,9 +7,8 @@ from collections import Counter
 
 import pytest
 
-from draftvocab.conversations import read_conversations
-from draftvocab.errors import DraftVocabError
-from draftvocab.messages import (
+from draftvocab.chat.conversations import read_conversations
+from draftvocab.chat.messages import (
     DEFAULT_ROLES,
     ColumnMap,
     RecordError,
@@ -17,6 +16,7 @@ from draftvocab.messages import (
     parse_template_kwargs,
     record_to_chat,
 )
+from draftvocab.core.errors import DraftVocabError
 
 
 def read(record: dict, dropped: Counter | None = None, **columns):

@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 
-from draftvocab.errors import DraftVocabError
-from draftvocab.flops import flops_breakdown
-from draftvocab.objective import (
+from draftvocab.core.errors import DraftVocabError
+from draftvocab.vocab.flops import flops_breakdown
+from draftvocab.vocab.objective import (
     Objective,
     coverage_curve,
     frequency_order,

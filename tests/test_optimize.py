@@ -3,10 +3,10 @@ import json
 import numpy as np
 import pytest
 
-from draftvocab.errors import DraftVocabError
-from draftvocab.flops import flops_breakdown
-from draftvocab.objective import make_objective
-from draftvocab.optimize import OptimizeResult, optimize_objective, optimize_vocab
+from draftvocab.core.errors import DraftVocabError
+from draftvocab.vocab.flops import flops_breakdown
+from draftvocab.vocab.objective import make_objective
+from draftvocab.vocab.optimize import OptimizeResult, optimize_objective, optimize_vocab
 
 
 def _flops(vocab: int):

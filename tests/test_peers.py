@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from draftvocab.decode import SpeculativeDecoder
-from draftvocab.errors import DraftVocabError
-from draftvocab.peers import HFGenerate
-from draftvocab.target import load_target
+from draftvocab.core.errors import DraftVocabError
+from draftvocab.engine.decode import SpeculativeDecoder
+from draftvocab.engine.peers import HFGenerate
+from draftvocab.engine.target import load_target
 from tests.conftest import make_tiny_target
 
 

@@ -1,10 +1,10 @@
 import numpy as np
 import pytest
 
-from draftvocab.flops import flops_breakdown
-from draftvocab.objective import make_objective
-from draftvocab.optimize import optimize_objective
-from draftvocab.plots import plot_pareto, plot_utility
+from draftvocab.analysis.plots import plot_pareto, plot_utility
+from draftvocab.vocab.flops import flops_breakdown
+from draftvocab.vocab.objective import make_objective
+from draftvocab.vocab.optimize import optimize_objective
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

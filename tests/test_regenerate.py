@@ -13,10 +13,10 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from draftvocab.chat.conversations import Conversation, read_conversations
 from draftvocab.cli import app
-from draftvocab.conversations import Conversation, read_conversations
-from draftvocab.errors import DraftVocabError
-from draftvocab.regenerate import check_options, finished_ids, regenerate
+from draftvocab.core.errors import DraftVocabError
+from draftvocab.engine.regenerate import check_options, finished_ids, regenerate
 from tests.conftest import make_tiny_target
 
 MAX_NEW = 8
@@ -374,10 +374,10 @@ def assert_one_error(result, words: tuple[str, ...]) -> None:
 def test_counting_the_output_gives_back_the_generated_ids(tmp_path, monkeypatch):
     import numpy as np
 
-    import draftvocab.regenerate as regen
-    from draftvocab.counts import count_tokens
-    from draftvocab.spans import ChatSpans
-    from draftvocab.target import load_target
+    import draftvocab.engine.regenerate as regen
+    from draftvocab.chat.spans import ChatSpans
+    from draftvocab.engine.target import load_target
+    from draftvocab.vocab.counts import count_tokens
 
     target = load_target("smollm2-135m")  # the real model: real text, not random ids
     generated: list[list[int]] = []
@@ -415,7 +415,7 @@ def test_counting_the_output_gives_back_the_generated_ids(tmp_path, monkeypatch)
     assert counted.metadata["left_out"] == {}  # regenerate dropped the leading turn itself
     assert lines[1]["messages"][0]["role"] == "system"
     # Training supervises the very same ids, spliced after prompts encoded as they were.
-    from draftvocab.train import encode_conversations
+    from draftvocab.engine.train import encode_conversations
 
     examples, skipped = encode_conversations(read_conversations(out), target.tokenizer, 4096)
     assert not skipped
@@ -430,9 +430,9 @@ def test_counting_the_output_gives_back_the_generated_ids(tmp_path, monkeypatch)
 
 
 def test_token_ids_that_do_not_decode_to_the_text_are_not_used(tmp_path):
-    from draftvocab.counts import count_tokens
-    from draftvocab.presets import get_preset
-    from draftvocab.spans import ChatSpans
+    from draftvocab.chat.spans import ChatSpans
+    from draftvocab.engine.presets import get_preset
+    from draftvocab.vocab.counts import count_tokens
 
     tok = get_preset("smollm2-135m").load_tokenizer()
     text = " ava"

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from draftvocab.counts import TokenCounts
-from draftvocab.draft import load_draft, save_draft
-from draftvocab.errors import DraftVocabError
-from draftvocab.mapping import validate_mapping
-from draftvocab.retrofit import retrofit_draft
+from draftvocab.core.errors import DraftVocabError
+from draftvocab.engine.draft import load_draft, save_draft
+from draftvocab.interop.retrofit import retrofit_draft
+from draftvocab.vocab.counts import TokenCounts
+from draftvocab.vocab.mapping import validate_mapping
 from tests.test_cli import fail, ok_json
 from tests.test_formats import random_draft
 

@@ -8,11 +8,11 @@ import json
 import numpy as np
 import pytest
 
-from draftvocab.conversations import read_conversations
-from draftvocab.counts import count_tokens
-from draftvocab.errors import DraftVocabError
-from draftvocab.scaleout import count_with_datasets, count_with_ray
-from draftvocab.spans import ChatSpans
+from draftvocab.chat.conversations import read_conversations
+from draftvocab.chat.spans import ChatSpans
+from draftvocab.core.errors import DraftVocabError
+from draftvocab.vocab.counts import count_tokens
+from draftvocab.vocab.scaleout import count_with_datasets, count_with_ray
 from tests.test_cli import RECORDS
 
 V = 128_256
@@ -73,7 +73,7 @@ def test_unsupported_files_and_foreign_ids(tmp_path, local):
 
 
 def test_count_command_engines(data, tmp_path):
-    from draftvocab.counts import TokenCounts
+    from draftvocab.vocab.counts import TokenCounts
     from tests.test_cli import EXPLICIT, fail, ok_json
 
     ok_json("count", data, *EXPLICIT, "--workers", "1", "-o", tmp_path / "local.safetensors")

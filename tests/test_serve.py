@@ -22,13 +22,13 @@ import numpy as np
 import openai
 import pytest
 
-from draftvocab.blockdecode import decoder_for
-from draftvocab.decode import SpeculativeDecoder
-from draftvocab.draft import load_draft, save_draft
-from draftvocab.mapping import mapping_from_ids
-from draftvocab.serve import SPEC_FIELDS, ChatRequest, ServerProcess, ServingEngine
-from draftvocab.target import load_target
-from draftvocab.train import TrainConfig, build_draft
+from draftvocab.engine.blockdecode import decoder_for
+from draftvocab.engine.decode import SpeculativeDecoder
+from draftvocab.engine.draft import load_draft, save_draft
+from draftvocab.engine.serve import SPEC_FIELDS, ChatRequest, ServerProcess, ServingEngine
+from draftvocab.engine.target import load_target
+from draftvocab.engine.train import TrainConfig, build_draft
+from draftvocab.vocab.mapping import mapping_from_ids
 from tests.conftest import make_tiny_target
 
 MAX_NEW = 20

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from draftvocab.errors import DraftVocabError
-from draftvocab.spans import ChatSpans, SpanError
+from draftvocab.chat.spans import ChatSpans, SpanError
+from draftvocab.core.errors import DraftVocabError
 from tests.conftest import TEMPLATE_FILES
 
 KW = {"date_string": "26 Jul 2024"}
@@ -204,8 +204,8 @@ EDGE = [
 
 @pytest.fixture(scope="module")
 def sharegpt_sample():
-    from draftvocab.conversations import read_conversations
-    from draftvocab.presets import get_preset
+    from draftvocab.chat.conversations import read_conversations
+    from draftvocab.engine.presets import get_preset
 
     path = get_preset("llama3.1-8b").dataset_path()
     return [c.messages for c in read_conversations(path, skip_bad_lines=True, max_samples=60,

@@ -13,8 +13,8 @@ from collections import Counter
 
 import pytest
 
-from draftvocab.messages import DEFAULT_ROLES, ColumnMap, record_to_chat
-from draftvocab.spans import ChatSpans, SpanError
+from draftvocab.chat.messages import DEFAULT_ROLES, ColumnMap, record_to_chat
+from draftvocab.chat.spans import ChatSpans, SpanError
 
 TOOLS = [{"type": "function", "function": {
     "name": "get_weather", "description": "Current weather.",
@@ -217,7 +217,7 @@ def test_glm_has_no_end_of_turn_token(load_tok):
 
 
 def test_counting_reports_unrendered_turns_and_template_refusals(load_tok):
-    from draftvocab.counts import count_tokens
+    from draftvocab.vocab.counts import count_tokens
 
     tok = load_tok("qwen", "Qwen-Qwen2.5")  # Qwen2.5 has no reasoning at all
     spans = ChatSpans(tok)
@@ -231,7 +231,7 @@ def test_counting_reports_unrendered_turns_and_template_refusals(load_tok):
 def test_counts_by_rule_on_a_reasoning_and_tool_set(load_tok):
     """The numbers the issue named, on the kinds of record it named: the content rule misses
     reasoning, think tags, tool-call markup and JSON; the generated rule counts them."""
-    from draftvocab.counts import count_tokens
+    from draftvocab.vocab.counts import count_tokens
 
     tok = load_tok("qwen", "Qwen-Qwen3")
     records = [PARALLEL, {"messages": [Q, {"role": "assistant", "reasoning_content":
@@ -254,7 +254,7 @@ def test_counts_by_rule_on_a_reasoning_and_tool_set(load_tok):
 def test_direct_rendering_equals_apply_chat_template(load_tok, template, special):
     """`ChatSpans` renders with transformers' compiled template but skips its per-call
     copying; what it renders must stay exactly what `apply_chat_template` renders."""
-    from draftvocab.spans import _prepare
+    from draftvocab.chat.spans import _prepare
 
     tok = load_tok("qwen", template, special)
     spans = ChatSpans(tok, check=False)

@@ -12,13 +12,13 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from draftvocab.blockdecode import SpecBlockDecoder, decoder_for
 from draftvocab.cli import app
-from draftvocab.decode import SpeculativeDecoder
-from draftvocab.draft import load_draft
-from draftvocab.errors import DraftVocabError
-from draftvocab.specblock import SpecBlockConfig, SpecBlockDraft, block_forward, rank_class
-from draftvocab.train import (
+from draftvocab.core.errors import DraftVocabError
+from draftvocab.engine.blockdecode import SpecBlockDecoder, decoder_for
+from draftvocab.engine.decode import SpeculativeDecoder
+from draftvocab.engine.draft import load_draft
+from draftvocab.engine.specblock import SpecBlockConfig, SpecBlockDraft, block_forward, rank_class
+from draftvocab.engine.train import (
     TrainConfig,
     build_draft,
     collate,
@@ -214,8 +214,8 @@ def examples(big_target):
 def test_valid_prefix_mask_drops_rows_after_a_miss(big_target, examples):
     """With a fresh draft almost every row 0 is wrong: the valid-prefix mask keeps (nearly)
     nothing of rows >= 1, the plain mask keeps everything."""
-    from draftvocab.specblock import block_loss
-    from draftvocab.train import ttt_targets
+    from draftvocab.engine.specblock import block_loss
+    from draftvocab.engine.train import ttt_targets
 
     batch = collate(examples)
     out = big_target.forward(batch.ids, use_cache=False)

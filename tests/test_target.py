@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from draftvocab.target import eagle3_layers, load_target
+from draftvocab.engine.target import eagle3_layers, load_target
 
 
 def test_eagle3_layers_low_middle_high():

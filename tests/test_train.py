@@ -11,10 +11,9 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from draftvocab.cli import app
-from draftvocab.draft import load_draft
-from draftvocab.errors import DraftVocabError
-from draftvocab.mapping import mapping_from_ids, write_mapping_files
-from draftvocab.train import (
+from draftvocab.core.errors import DraftVocabError
+from draftvocab.engine.draft import load_draft
+from draftvocab.engine.train import (
     TrainConfig,
     build_draft,
     collate,
@@ -25,6 +24,7 @@ from draftvocab.train import (
     ttt_loss,
     ttt_targets,
 )
+from draftvocab.vocab.mapping import mapping_from_ids, write_mapping_files
 from tests.conftest import make_peaked_target, make_tiny_target
 
 CONVERSATIONS = [

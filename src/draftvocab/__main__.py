@@ -12,8 +12,7 @@ import sys
 
 
 def main() -> None:
-    from draftvocab import interrupts
-
+    from draftvocab.core import interrupts
     interrupts.install()
     code = 1
     try:
@@ -37,8 +36,7 @@ def main() -> None:
 def _interrupted() -> int:
     import signal
 
-    from draftvocab import atomic, interrupts
-
+    from draftvocab.core import atomic, interrupts
     signum = interrupts.received() or signal.SIGINT
     name = signal.Signals(signum).name
     written = ", ".join(str(p) for p in dict.fromkeys(atomic.committed))

