@@ -20,7 +20,7 @@ from pathlib import Path
 
 from draftvocab.engine.bench import load_questions, markdown, run_benchmark, write_report
 from draftvocab.engine.decode import SpeculativeDecoder
-from draftvocab.engine.draft import aux_layers, load_draft
+from draftvocab.engine.drafters import aux_layers, load_draft
 from draftvocab.engine.target import load_target
 
 

@@ -23,7 +23,7 @@ import sys
 import time
 from pathlib import Path
 
-from draftvocab.engine.serve import ServerProcess
+from draftvocab.engine.server_process import ServerProcess
 
 
 def draftvocab(*args: str) -> dict:

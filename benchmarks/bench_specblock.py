@@ -35,7 +35,7 @@ from draftvocab.engine.bandit import DEFAULT_ARMS, BudgetBandit
 from draftvocab.engine.bench import load_questions, markdown, mean_ci, run_benchmark, write_report
 from draftvocab.engine.blockdecode import SpecBlockDecoder
 from draftvocab.engine.decode import SpeculativeDecoder
-from draftvocab.engine.draft import aux_layers, load_draft
+from draftvocab.engine.drafters import aux_layers, load_draft
 from draftvocab.engine.target import load_target
 
 MIX_A = ("translation", "summarization", "rag")

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from draftvocab.chat.conversations import read_conversations
-from draftvocab.engine import train as train_module
+from draftvocab.engine.drafters import eagle3 as eagle3_module
 from draftvocab.engine.features import build_features
 from draftvocab.engine.target import load_target
 from draftvocab.engine.train import TrainConfig, encode_conversations, mapping_tensors, train_draft
@@ -44,7 +44,7 @@ def main() -> None:
         args.max_len)
     config = TrainConfig(ttt_steps=args.ttt_steps, batch_size=4, lr=1e-3, max_len=args.max_len,
                          max_steps=args.steps, warmup_steps=1)
-    full_rows = train_module.ttt_forward
+    full_rows = eagle3_module.ttt_forward
 
     def all_positions(*a, rows=None, **k):  # the old loop: logits at every position
         return full_rows(*a, **k)
@@ -58,12 +58,12 @@ def main() -> None:
                                          "c: cached, loss positions": []}
         for r in range(args.rounds):
             for name, values in times.items():
-                train_module.ttt_forward = all_positions if name.startswith("a") else full_rows
+                eagle3_module.ttt_forward = all_positions if name.startswith("a") else full_rows
                 res = train_draft(target, examples, Path(tmp) / f"{r}-{name[0]}", d2t=d2t,
                                   t2d=t2d, config=config,
                                   features=cache if name.startswith("c") else None)
                 values.append(res.seconds_per_step)
-        train_module.ttt_forward = full_rows
+        eagle3_module.ttt_forward = full_rows
     tokens = sum(len(e.ids) for e in examples) / len(examples)
     print(f"{len(examples)} examples, {tokens:.0f} tokens each on average, batch 4, "
           f"TTT {args.ttt_steps}, {torch.get_num_threads()} threads; feature cache built in "

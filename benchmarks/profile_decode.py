@@ -23,9 +23,9 @@ import torch
 
 from draftvocab.engine import decode
 from draftvocab.engine.bench import load_questions
-from draftvocab.engine.blockdecode import SpecBlockDecoder, decoder_for
-from draftvocab.engine.decode import SpeculativeDecoder
-from draftvocab.engine.draft import aux_layers, load_draft
+from draftvocab.engine.blockdecode import SpecBlockDecoder
+from draftvocab.engine.decode import SpeculativeDecoder, decoder_for
+from draftvocab.engine.drafters import aux_layers, load_draft
 from draftvocab.engine.target import load_target
 
 

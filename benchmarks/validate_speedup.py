@@ -23,7 +23,7 @@ from draftvocab.analysis.plots import plot_speed
 from draftvocab.core.atomic import atomic_directory
 from draftvocab.engine.bench import load_questions, run_benchmark
 from draftvocab.engine.decode import SpeculativeDecoder
-from draftvocab.engine.draft import aux_layers, load_draft, read_config
+from draftvocab.engine.drafters import aux_layers, load_draft, read_config
 from draftvocab.engine.latency import LatencyModel, predict_speed
 from draftvocab.engine.target import load_target
 from draftvocab.vocab.counts import TokenCounts

@@ -93,13 +93,13 @@ def exact_joint(target, prompt, n, temperature, top_p=1.0):
 
     import torch
 
-    from draftvocab.engine.decode import _sampling_probs
+    from draftvocab.engine.verify import sampling_probs
 
     conts = torch.tensor(list(itertools.product(range(target.vocab_size), repeat=n)))
     seqs = torch.cat([torch.tensor(prompt).expand(len(conts), -1), conts], dim=1)
     with torch.no_grad():
         logits = target.model(seqs).logits[:, len(prompt) - 1: -1].double()
-    logp = _sampling_probs(logits, temperature, top_p).log()
+    logp = sampling_probs(logits, temperature, top_p).log()
     lp = logp.gather(-1, conts[..., None])[..., 0].sum(-1)
     return {tuple(c.tolist()): float(p) for c, p in zip(conts, lp.exp(), strict=True)}
 

@@ -1,6 +1,16 @@
 """draftvocab: choose, train and measure draft vocabularies for speculative decoding.
 
-Public API (everything else is private):
+Public API (everything else is private). One call per command, each returning a result with
+`to_json()` (what `draftvocab CMD --json` prints):
+
+    count               data / preset -> CountResult (.counts: TokenCounts; saved to `out`)
+    optimize            data or counts -> OptimizeRun (.k, .summary; the run directory)
+    train               data + target -> a trained draft directory (EAGLE-3 or SpecBlock)
+    generate            prompt + target (+ draft) -> text, speculatively decoded
+    bench               drafts / peers / endpoints -> Spec-Bench tokens/s and accept length
+    calibrate           draft + target -> calibration for `optimize(objective="speedup")`
+
+The stages underneath, for finer control:
 
     read_conversations  dataset path / object -> re-iterable conversations
     ChatSpans           chat template -> the tokens the target generates (supervised masks)
@@ -21,9 +31,17 @@ Imports are lazy so that `draftvocab --help` does not pay for torch/transformers
 
 from importlib import import_module
 
-__version__ = "0.1.0"
+from draftvocab.core.version import __version__
 
 _EXPORTS = {
+    "count": "api.vocab",
+    "CountResult": "api.vocab",
+    "optimize": "api.optimize",
+    "OptimizeRun": "api.optimize",
+    "train": "api.training",
+    "generate": "api.decoding",
+    "bench": "api.decoding",
+    "calibrate": "api.measure",
     "read_conversations": "chat.conversations",
     "ChatSpans": "chat.spans",
     "count_tokens": "vocab.counts",
@@ -39,20 +57,21 @@ _EXPORTS = {
     "DraftVocabError": "core.errors",
     "load_target": "engine.target",
     "Target": "engine.target",
-    "Eagle3Draft": "engine.draft",
-    "DraftConfig": "engine.draft",
-    "save_draft": "engine.draft",
-    "load_draft": "engine.draft",
+    "Eagle3Draft": "engine.drafters",
+    "DraftConfig": "engine.drafters",
+    "save_draft": "engine.drafters",
+    "load_draft": "engine.drafters",
     "regenerate": "engine.regenerate",
     "train_draft": "engine.train",
     "TrainConfig": "engine.train",
     "SpeculativeDecoder": "engine.decode",
-    "SpecBlockDraft": "engine.specblock",
+    "SpecBlockDraft": "engine.drafters",
     "SpecBlockDecoder": "engine.blockdecode",
-    "decoder_for": "engine.blockdecode",
+    "decoder_for": "engine.decode",
     "BudgetBandit": "engine.bandit",
 }
 __all__ = [  # noqa: RUF022 - same order as _EXPORTS
+    "count", "CountResult", "optimize", "OptimizeRun", "train", "generate", "bench", "calibrate",
     "read_conversations", "ChatSpans", "count_tokens", "TokenCounts", "merge_counts",
     "flops_breakdown", "DraftFlops", "optimize_vocab", "OptimizeResult", "build_mapping",
     "load_mapping", "VocabMapping", "DraftVocabError", "load_target", "Target", "Eagle3Draft",

@@ -3,6 +3,7 @@
 Owns the layout (summary.json, trials.json/.csv, counts.safetensors, the mapping files,
 utility.png, pareto.png) and what goes into summary.json. The directory is built in a temp
 sibling and swapped in whole, so a rerun never leaves a mix of old and new files.
+The numbers are `vocab`'s, the figures `plots.py`'s, the atomic swap `core.atomic`'s.
 """
 
 from __future__ import annotations
@@ -15,14 +16,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from draftvocab import __version__
 from draftvocab.analysis.plots import plot_pareto, plot_utility
 from draftvocab.core.atomic import atomic_directory
-from draftvocab.vocab.counts import TokenCounts
+from draftvocab.core.version import __version__
 from draftvocab.vocab.flops import DraftFlops
 from draftvocab.vocab.mapping import build_mapping, write_mapping_files
 from draftvocab.vocab.objective import Objective
 from draftvocab.vocab.optimize import OptimizeResult
+from draftvocab.vocab.token_counts import TokenCounts
 
 SUMMARY = "summary.json"
 

@@ -5,6 +5,9 @@ Frequency-weighted coverage is the share of evaluation tokens the draft can emit
 bound on its per-token acceptance. Unique-token coverage is the share of distinct evaluation
 tokens it can emit: low values with high weighted coverage mean the losses are a long tail of
 rare tokens, which is the paper's argument for trimming.
+
+Owns only the numbers: counting is `vocab.counts`'s, the report's layout `missing.py`'s and
+`tables.py`'s, writing files the caller's.
 """
 
 from __future__ import annotations

@@ -2,6 +2,9 @@
 utility and Pareto plots, and whatever analyses were run into `RUN/analysis/` (coverage,
 missing tokens, stability, the α × c_min sweep). Images are embedded as data URIs, so the file
 can be mailed or attached to an issue as it is.
+
+Owns only the page: it reads the run directory `artefacts.py` writes and the analyses' JSON
+and PNG files; it computes nothing itself.
 """
 
 from __future__ import annotations

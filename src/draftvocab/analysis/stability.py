@@ -3,6 +3,8 @@ paper omits: it never states its α).
 
 Stability keeps each conversation's supervised tokens as a sparse (ids, counts) pair, so every
 random subset is one bincount away and every k* one exact solve (milliseconds) away.
+The supervised tokens come from `vocab.counts.iter_supervised`; the curves and the solver
+from `vocab.objective` and `vocab.optimize`; figures and tables are left to the caller.
 """
 
 from __future__ import annotations

@@ -12,7 +12,8 @@ LLaMA-Factory-style `system` column. ShareGPT function-calling turns (`function_
 `observation`) become tool calls and tool results. Whatever is not read is counted by name in
 `dropped`, never discarded silently; a malformed field raises `RecordError` with a reason.
 
-Knows nothing about files (`conversations.py`) or templates (`spans.py`).
+Knows nothing about files (`sources.py`, `conversations.py`) or templates (`template_spans.py`,
+`spans.py`).
 """
 
 from __future__ import annotations

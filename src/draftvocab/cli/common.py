@@ -1,5 +1,6 @@
-"""Shared pieces of the command line: the Typer app, consoles, option types, the
-resolution of --preset/--tokenizer/--config/DATA, one-line errors, progress and JSON output.
+"""Shared pieces of the command line: the Typer app, consoles, option types, one-line errors,
+progress bars and JSON output. Resolving --preset/--tokenizer/--config/DATA is library work
+(`draftvocab.api.inputs`); nothing here computes anything.
 """
 
 from __future__ import annotations
@@ -8,7 +9,6 @@ import contextlib
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from functools import wraps
 from pathlib import Path
 from typing import Annotated, Any
@@ -97,58 +97,6 @@ DataArg = Annotated[list[str] | None, typer.Argument(
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")]
 
 
-@dataclass
-class _Setup:
-    """Everything resolved from --preset / --tokenizer / --config / DATA."""
-
-    preset: Any
-    config_path: Path
-    config: dict
-    tokenizer: Any = None
-    template_kwargs: dict | None = None
-    data: list[str] | None = None
-    skip_bad_lines: bool = False
-
-
-def _setup(preset: str | None, config: Path | None, tokenizer: Path | None = None,
-           chat_template: Path | None = None, data: list[str] | None = None,
-           need_tokenizer: bool = True, template_kwargs: str | None = None) -> _Setup:
-    from draftvocab.chat.messages import parse_template_kwargs
-    from draftvocab.core.assets import load_config, load_tokenizer
-    from draftvocab.engine.presets import DEFAULT_PRESET, get_preset
-
-    extra_kwargs = parse_template_kwargs(template_kwargs)  # a bad value fails before loading
-
-    explicit = tokenizer is not None or config is not None
-    if preset:
-        p = get_preset(preset)
-    elif not explicit:
-        p = get_preset(DEFAULT_PRESET)
-    else:
-        p = None
-    if p is None and need_tokenizer and not (tokenizer and config):
-        raise DraftVocabError("give both --tokenizer and --config, or a --preset")
-    config_path = config or p.config_path()
-    s = _Setup(preset=p, config_path=config_path, config=load_config(config_path))
-    if need_tokenizer:
-        if tokenizer is not None:
-            s.tokenizer = load_tokenizer(tokenizer, chat_template=chat_template)
-            s.template_kwargs = {}
-        else:
-            s.tokenizer = p.load_tokenizer()
-            if chat_template is not None:
-                from draftvocab.core.assets import read_chat_template
-                s.tokenizer.chat_template = read_chat_template(chat_template)
-            s.template_kwargs = dict(p.template_kwargs)
-        s.template_kwargs.update(extra_kwargs)
-    if data:
-        s.data = data
-    elif p is not None:
-        s.data = [str(p.dataset_path())]
-        s.skip_bad_lines = p.skip_bad_lines
-    return s
-
-
 class _Rates:
     """rich progress line: conversations done, and rates computed from the running totals
     of conversations and tokens that the worker reports."""
@@ -191,13 +139,56 @@ def _progress(label: str, total: int | None, quiet: bool, rate=_counting_rate):
     return contextlib.nullcontext() if quiet else _Rates(label, total, rate)
 
 
-def _spans(s: _Setup, *, include_eot: bool = True, supervise: str | None = "generated",
-           leading: str | None = "drop"):
-    """The supervision rule for this run (the template is checked on a probe conversation)."""
-    from draftvocab.chat.spans import ChatSpans
+class _Bars:
+    """The progress callback the CLI hands to library calls (`api.inputs.Progress`): a
+    transient rich line per stage, started afresh each time a stage (re)starts (a spinner for
+    total 0); stages that report tokens show conv/s and supervised tok/s."""
 
-    return ChatSpans(s.tokenizer, template_kwargs=s.template_kwargs, include_eot=include_eot,
-                     supervise=supervise or "generated", leading_assistant=leading or "drop")
+    def __init__(self):
+        self.progress = self.task = None
+        self.stage: str | None = None
+
+    def _start(self, stage: str, total: int | None) -> None:
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.__exit__(None, None, None)
+        self.stage, self.task = stage, None
+        if total == 0:  # no measurable progress: a spinner
+            self.progress = err.status(stage)
+            self.progress.start()
+            return
+        self.progress = Progress(
+            TextColumn(f"[bold]{escape(stage)}[/bold]"), BarColumn(),
+            TextColumn("{task.completed:,.0f}"), TextColumn("[cyan]{task.fields[rate]}"),
+            TimeElapsedColumn(), console=err, transient=True,
+        )
+        self.progress.start()
+        self.task = self.progress.add_task(stage, total=total, rate="")
+        self.start, self.done, self.tokens = time.perf_counter(), 0, 0
+
+    def __call__(self, stage: str, advance: int, total: int | None = None,
+                 tokens: int = 0) -> None:
+        if advance == 0 or stage != self.stage:
+            self._start(stage, total)
+        if advance and self.task is not None:
+            self.done += advance
+            self.tokens += tokens
+            dt = max(time.perf_counter() - self.start, 1e-9)
+            rate = _counting_rate(self.done, self.tokens, dt) if self.tokens else ""
+            self.progress.update(self.task, advance=advance, rate=rate)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        if self.progress is not None:
+            self.progress.stop()
+            self.progress = None
+
+
+def _bars(quiet: bool):
+    """A `_Bars` callback for a library call, or (quiet, e.g. --json) a context yielding None."""
+    return contextlib.nullcontext() if quiet else _Bars()
 
 
 SamplesOpt = Annotated[int | None, typer.Option(
@@ -257,124 +248,6 @@ def _flops_table(flops, k: int | None) -> Table:
     return t
 
 
-def _endpoint(url: str, model: str | None, api_key: str | None):
-    """An `endpoint.Endpoint` checked before any work: the server answers /v1/models and
-    serves the named model (default: the first it lists)."""
-    from draftvocab.engine.endpoint import Endpoint, served_models
-
-    ep = Endpoint(url, model or "", api_key=api_key)
-    names = served_models(ep)
-    if not model:
-        if not names:
-            raise DraftVocabError(f"{ep.url}/v1/models lists no model: give --model")
-        ep.model = names[0]
-    elif names and model not in names:
-        raise DraftVocabError(f"{ep.url} does not serve model '{model}' (it lists: "
-                              f"{', '.join(names[:5])})")
-    return ep
-
-
-class _TrainProgress:
-    """rich progress line: optimizer steps, loss, per-TTT-step top-1 accuracy."""
-
-    def __init__(self, total: int | None = None):
-        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
-        self.progress = Progress(
-            TextColumn("[bold]training[/bold]"), BarColumn(),
-            TextColumn("{task.completed:,.0f}/{task.total:,.0f}"),
-            TextColumn("[cyan]{task.fields[stats]}"), TimeElapsedColumn(),
-            console=err, transient=True,
-        )
-        self.task = self.progress.add_task("train", total=total, stats="")
-
-    def __call__(self, step: int, total: int, entry: dict) -> None:
-        acc = " ".join(f"acc@{j} {a:.2f}" for j, a in enumerate(entry["acc"]) if a is not None)
-        self.progress.update(self.task, completed=step, total=total,
-                             stats=f"loss {entry['loss']:.3f}  {acc}")
-
-    def __enter__(self):
-        self.progress.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        self.progress.__exit__(*exc)
-
-
-DecodeTreeOpt = Annotated[bool, typer.Option(
-    "--tree/--chain", help="EAGLE-2 dynamic tree (greedy) or a chain of --gamma tokens.")]
-
-
-DepthOpt = Annotated[int, typer.Option("--depth", help="Tree depth.")]
-
-
-TopkOpt = Annotated[int, typer.Option("--topk", help="Tree branching.")]
-
-
-TotalTokensOpt = Annotated[int, typer.Option("--total-tokens", help="Tree nodes verified.")]
-
-
-GammaOpt = Annotated[int, typer.Option("--gamma", help="Chain length.")]
-
-
-BlocksOpt = Annotated[int, typer.Option(
-    "--blocks", help="SpecBlock drafts: block expansions per round (depth up to blocks x K).")]
-
-
-BranchOpt = Annotated[int, typer.Option(
-    "--branch", help="SpecBlock drafts: candidates per row when branching.")]
-
-
-PolicyOpt = Annotated[str | None, typer.Option(
-    "--policy", help="SpecBlock drafts: rank (rank head decides), fixed (top---branch every "
-    "row) or chain (default: rank if the draft has a rank head; chain with --chain).")]
-
-
-BanditOpt = Annotated[bool, typer.Option(
-    "--bandit", help="SpecBlock drafts: cost-aware bandit picks (blocks, branch) per round.")]
-
-
-AdaptiveOpt = Annotated[bool, typer.Option(
-    "--adaptive", help="EAGLE-3 chain: choose each round's length (<= --gamma; 0 = a plain "
-    "step) from measured costs and recent acceptance.")]
-
-
-def _decoder(target, draft_dir: Path | None, tree: bool, depth: int, topk: int,
-             total_tokens: int, gamma: int, blocks: int = 2, branch: int = 4,
-             policy: str | None = None, bandit: bool = False, adaptive: bool = False):
-    """The decoder for a draft directory (EAGLE-3 or SpecBlock), or plain decoding."""
-    from draftvocab.engine.blockdecode import decoder_for
-    from draftvocab.engine.draft import load_draft
-
-    draft = load_draft(draft_dir, target) if draft_dir else None
-    chooser = None
-    if bandit:
-        from draftvocab.engine.bandit import BudgetBandit
-        chooser = BudgetBandit()
-    return decoder_for(target, draft, tree=tree, depth=depth, topk=topk,
-                       total_tokens=total_tokens, gamma=gamma, blocks=blocks, branch=branch,
-                       policy=policy, bandit=chooser, adaptive=adaptive)
-
-
-PEERS = {"hf-generate", "prompt-lookup"}
-
-
-def _bench_endpoints(items: list[str], taken: set[str], model: str | None,
-                     api_key: str | None) -> dict:
-    """`[NAME=]URL` options -> named endpoints (names default to endpoint, endpoint-2, ...)."""
-    out: dict = {}
-    for i, item in enumerate(items, start=1):
-        name, sep, url = item.partition("=")
-        if not sep or "://" in name:
-            name, url = ("endpoint" if i == 1 else f"endpoint-{i}"), item
-        if not name or not url:
-            raise DraftVocabError(f"--endpoint takes [NAME=]URL, got '{item}'")
-        if name in taken or name in out:
-            raise DraftVocabError(f"--endpoint name {name!r} is taken: give each its own name")
-        out[name] = _endpoint(url, model, api_key)
-    return out
-
-
 RunOpt = Annotated[Path | None, typer.Option(
     "--run", help="An `optimize` output directory: its mapping, counts and preset are used.")]
 
@@ -406,75 +279,3 @@ EvalSuperviseOpt = Annotated[str | None, typer.Option(
 EvalLeadingOpt = Annotated[str | None, typer.Option(
     "--leading-assistant", help="drop or keep (see `count --help`); default: the "
     "vocabulary's counts' rule, else drop.")]
-
-
-@dataclass
-class _Vocab:
-    t2d: Any
-    counts: Any  # TokenCounts of the training data, when known
-    preset: str | None
-    label: str
-
-
-@dataclass
-class _EvalRule:
-    """How evaluation data is counted: by default as the vocabulary's own counts were."""
-
-    template_kwargs: str | None = None
-    supervise: str | None = None
-    leading: str | None = None
-
-    def spans(self, s: _Setup, counts):
-        meta = counts.metadata if counts is not None else {}
-        if self.template_kwargs is None and meta.get("template_kwargs"):
-            s.template_kwargs = {**s.template_kwargs, **meta["template_kwargs"]}
-        return _spans(s, supervise=self.supervise or meta.get("supervise"),
-                      leading=self.leading or meta.get("leading_assistant"))
-
-
-class _Progressing:
-    """Iterate conversations, advancing a `_Rates` bar (if any) by one per record."""
-
-    def __init__(self, it, bar):
-        self.it, self.bar = it, bar
-
-    def __iter__(self):
-        for x in self.it:
-            if self.bar is not None:
-                self.bar(1, 0)
-            yield x
-
-
-def _md_table(head: list[str], rows: list[list[Any]]) -> str:
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    lines += ["| " + " | ".join(str(x) for x in r) + " |" for r in rows]
-    return "\n".join(lines) + "\n"
-
-
-def _floats(text: str, name: str, kind=float) -> list:
-    try:
-        return [kind(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise DraftVocabError(f"{name} takes comma-separated numbers, got {text!r}") from None
-
-
-def _measure(cfg: dict, ks: list[int], width: int, prefix: int, repeats: int, device: str,
-             quiet: bool) -> dict:
-    from rich.progress import Progress
-
-    from draftvocab.engine.latency import measure_latency
-
-    with Progress(console=err, transient=True, disable=quiet) as bar:
-        task = bar.add_task("timing draft forwards", total=len(ks))
-        return measure_latency(cfg, ks, width=width, prefix=prefix, repeats=repeats,
-                               device=device, progress=lambda n: bar.advance(task, n))
-
-
-def _run_summary(source: Path) -> dict:
-    f = source / "summary.json" if source.is_dir() else None
-    if f is None or not f.is_file():
-        return {}
-    try:
-        return json.loads(f.read_text())
-    except json.JSONDecodeError:
-        return {}

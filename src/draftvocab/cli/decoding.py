@@ -1,38 +1,94 @@
-"""Decoding commands: generate, serve (OpenAI-compatible), bench.
+"""Decoding commands: generate, serve (OpenAI-compatible), bench — each parses its options,
+makes one `draftvocab.api.decoding` call and renders the result.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.markup import escape
 
+from draftvocab.api import decoding as api
 from draftvocab.cli.common import (
-    PEERS,
-    AdaptiveOpt,
-    BanditOpt,
-    BlocksOpt,
-    BranchOpt,
-    DecodeTreeOpt,
-    DepthOpt,
-    GammaOpt,
     JsonOpt,
     KwargsOpt,
-    PolicyOpt,
     SeedOpt,
-    TopkOpt,
-    TotalTokensOpt,
-    _bench_endpoints,
-    _decoder,
     _emit_json,
     _fail_cleanly,
     app,
     console,
     err,
 )
-from draftvocab.core.errors import DraftVocabError
+
+
+class _Bar:
+    """A library call's progress (`api.inputs.Progress`) as transient rich lines, one per
+    stage, shown from the stage's first report: once the work, not the loading, begins."""
+
+    def __init__(self, quiet: bool = False):
+        from rich.progress import Progress
+
+        self.progress = Progress(console=err, transient=True, disable=quiet)
+        self.tasks: dict[str, Any] = {}
+        self.stopped = False
+
+    def __call__(self, stage: str, advance: int, total: int | None = None,
+                 tokens: int = 0) -> None:
+        if stage not in self.tasks:
+            if not self.tasks:
+                self.progress.start()
+            self.tasks[stage] = self.progress.add_task(stage, total=total)
+        elif advance == 0:
+            self.progress.reset(self.tasks[stage], total=total)
+        self.progress.advance(self.tasks[stage], advance)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.tasks and not self.stopped:
+            self.stopped = True
+            self.progress.stop()
+
+
+DecodeTreeOpt = Annotated[bool, typer.Option(
+    "--tree/--chain", help="EAGLE-2 dynamic tree (greedy) or a chain of --gamma tokens.")]
+
+
+DepthOpt = Annotated[int, typer.Option("--depth", help="Tree depth.")]
+
+
+TopkOpt = Annotated[int, typer.Option("--topk", help="Tree branching.")]
+
+
+TotalTokensOpt = Annotated[int, typer.Option("--total-tokens", help="Tree nodes verified.")]
+
+
+GammaOpt = Annotated[int, typer.Option("--gamma", help="Chain length.")]
+
+
+BlocksOpt = Annotated[int, typer.Option(
+    "--blocks", help="SpecBlock drafts: block expansions per round (depth up to blocks x K).")]
+
+
+BranchOpt = Annotated[int, typer.Option(
+    "--branch", help="SpecBlock drafts: candidates per row when branching.")]
+
+
+PolicyOpt = Annotated[str | None, typer.Option(
+    "--policy", help="SpecBlock drafts: rank (rank head decides), fixed (top---branch every "
+    "row) or chain (default: rank if the draft has a rank head; chain with --chain).")]
+
+
+BanditOpt = Annotated[bool, typer.Option(
+    "--bandit", help="SpecBlock drafts: cost-aware bandit picks (blocks, branch) per round.")]
+
+
+AdaptiveOpt = Annotated[bool, typer.Option(
+    "--adaptive", help="EAGLE-3 chain: choose each round's length (<= --gamma; 0 = a plain "
+    "step) from measured costs and recent acceptance.")]
 
 
 @app.command(epilog="Examples:\n\n"
@@ -71,60 +127,21 @@ def serve(
     """An OpenAI-compatible server (chat and text completions, streaming, /v1/models) over the
     target and an optional draft; one request decoded at a time. Stop it with Ctrl-C or
     SIGTERM. Responses carry speculative statistics in an extra `draftvocab` field."""
-    import socket
+    def ready(s: api.ServeResult) -> None:
+        err.print(f"serving [bold]{escape(s.model_name)}[/bold] on http://{s.host}:{s.port}/v1 "
+                  f"({'draft ' + escape(str(draft)) if draft else 'plain decoding'}; one "
+                  f"request at a time, {queue} may wait)", highlight=False, soft_wrap=True)
 
-    import uvicorn
+    from draftvocab.engine.decode import DecodeOptions
 
-    from draftvocab.chat.messages import parse_template_kwargs
-    from draftvocab.core import interrupts
-    from draftvocab.engine.draft import aux_layers
-    from draftvocab.engine.presets import PRESETS, get_preset
-    from draftvocab.engine.serve import ServingEngine, create_app, engine_thread
-    from draftvocab.engine.target import load_target
-
-    if queue < 0 or max_tokens < 1 or not 0 <= port <= 65535:
-        raise DraftVocabError("--queue must be >= 0, --max-tokens >= 1, --port in [0, 65535]")
-    kwargs = {**(get_preset(target).template_kwargs if target in PRESETS else {}),
-              **parse_template_kwargs(template_kwargs)}
-    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-    except OSError as exc:
-        raise DraftVocabError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
-
-    def load():
-        tgt = load_target(target, layers=aux_layers([draft] if draft else []))
-        return tgt, _decoder(tgt, draft, tree, depth, topk, total_tokens, gamma, blocks,
-                             branch, policy, bandit, adaptive)
-
-    executor = engine_thread()  # loads the model and runs every decode (see ServingEngine)
-    tgt, dec = executor.submit(load).result()
-    name = model_name or target
-    engine = ServingEngine(tgt, dec, name, queue_size=queue, default_max_tokens=max_tokens,
-                           template_kwargs=kwargs, executor=executor)
-    bound = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(engine), log_level="warning",
-                                           timeout_graceful_shutdown=30))
-    err.print(f"serving [bold]{escape(name)}[/bold] on http://{host}:{bound}/v1 "
-              f"({'draft ' + escape(str(draft)) if draft else 'plain decoding'}; one request at "
-              f"a time, {queue} may wait)", highlight=False, soft_wrap=True)
-    try:
-        server.run(sockets=[sock])
-    except KeyboardInterrupt:
-        if not server.should_exit:
-            raise
-    # uvicorn stopped gracefully on SIGINT/SIGTERM and handed the signal back: a normal end.
-    signum = interrupts.received()
-    interrupts.reset()
-    err.print(f"stopped{f' ({signal_name(signum)})' if signum else ''}: "
-              f"{engine.served:,} requests served")
-
-
-def signal_name(signum: int) -> str:
-    import signal
-
-    return signal.Signals(signum).name
+    decoding = DecodeOptions(tree=tree, depth=depth, topk=topk, total_tokens=total_tokens,
+                             gamma=gamma, blocks=blocks, branch=branch, policy=policy,
+                             bandit=bandit, adaptive=adaptive)
+    r = api.serve(target=target, draft=draft, host=host, port=port, model_name=model_name,
+                  queue=queue, max_tokens=max_tokens, decoding=decoding,
+                  template_kwargs=template_kwargs, on_ready=ready)
+    err.print(f"stopped{f' ({r.stop_signal})' if r.stop_signal else ''}: "
+              f"{r.served:,} requests served")
 
 
 @app.command(epilog="Examples:\n\n"
@@ -155,30 +172,19 @@ def generate(
     as_json: JsonOpt = False,
 ) -> None:
     """Generate one answer, plainly or speculatively (greedy output is the target's own)."""
-    from draftvocab.engine.draft import aux_layers
-    from draftvocab.engine.target import load_target
+    from draftvocab.engine.decode import DecodeOptions
 
-    if max_new_tokens < 1:
-        raise DraftVocabError("--max-new-tokens must be at least 1")
-    tgt = load_target(target, layers=aux_layers([draft] if draft else []))
-    dec = _decoder(tgt, draft, tree, depth, topk, total_tokens, gamma, blocks, branch, policy,
-                   adaptive=adaptive)
-    ids = tgt.prompt_ids([{"role": "user", "content": prompt}])
-    res = dec.generate(ids, max_new_tokens, temperature=temperature, top_p=top_p, seed=seed)
-    text = tgt.tokenizer.decode(res.tokens, skip_special_tokens=True)
-    summary = {"text": text, "tokens": len(res.tokens), "seconds": res.seconds,
-               "tokens_per_s": len(res.tokens) / max(res.seconds, 1e-9),
-               "accept_length": res.mean_accept_length,
-               "target_forwards": res.target_forwards, "draft_forwards": res.draft_forwards,
-               "draft_share": res.draft_seconds / max(res.draft_seconds + res.target_seconds,
-                                                      1e-9)}
+    decoding = DecodeOptions(tree=tree, depth=depth, topk=topk, total_tokens=total_tokens,
+                             gamma=gamma, blocks=blocks, branch=branch, policy=policy,
+                             adaptive=adaptive)
+    r = api.generate(prompt, target=target, draft=draft, max_new_tokens=max_new_tokens,
+                     temperature=temperature, top_p=top_p, seed=seed, decoding=decoding)
     if as_json:
-        _emit_json(summary)
+        _emit_json(r.to_json())
         return
-    console.print(text, highlight=False, markup=False)
-    err.print(f"{summary['tokens']} tokens in {res.seconds:.2f} s "
-              f"({summary['tokens_per_s']:.1f} tok/s), accept length "
-              f"{summary['accept_length']:.2f}, draft share {summary['draft_share']:.0%}")
+    console.print(r.text, highlight=False, markup=False)
+    err.print(f"{r.tokens} tokens in {r.seconds:.2f} s ({r.tokens_per_s:.1f} tok/s), accept "
+              f"length {r.accept_length:.2f}, draft share {r.draft_share:.0%}")
 
 
 @app.command(epilog="Examples:\n\n"
@@ -248,66 +254,21 @@ def bench(
     as_json: JsonOpt = False,
 ) -> None:
     """Spec-Bench throughput: plain vs speculative decoding, interleaved, mean ± 95 % CI."""
-    from rich.progress import Progress
+    from draftvocab.engine.decode import DecodeOptions
 
-    from draftvocab.core.atomic import check_output_dir
-    from draftvocab.engine.bench import load_questions, markdown, run_benchmark, write_report
-    from draftvocab.engine.decode import SpeculativeDecoder
-    from draftvocab.engine.draft import aux_layers
-    from draftvocab.engine.target import load_target
-
-    if runs < 1 or max_new_tokens < 1:
-        raise DraftVocabError("--runs and --max-new-tokens must be at least 1")
-    local = local if local is not None else (not endpoint or bool(draft) or bool(peer)
-                                             or target is not None)
-    if (draft or peer) and not local:
-        raise DraftVocabError("--draft and --peer run in-process: drop --no-local")
-    peers = list(dict.fromkeys(peer or []))
-    if set(peers) - PEERS or prompt_lookup_tokens < 1:
-        raise DraftVocabError(f"--peer is one of {', '.join(sorted(PEERS))} (got "
-                              f"{', '.join(peers)}); --prompt-lookup-tokens >= 1")
-    specs, adaptive_names = [], set()
-    for item, flag in [(d, "--draft") for d in draft or []] + [
-            (d, "--adaptive-draft") for d in adaptive_draft or []]:
-        name, sep, path = item.partition("=")
-        if not sep or not name or not path:
-            raise DraftVocabError(f"{flag} takes NAME=DIR, got '{item}'")
-        if name == "plain" or name in PEERS or name in dict(specs):
-            raise DraftVocabError(f"{flag} name {name!r} is taken: give each draft its own name")
-        specs.append((name, Path(path)))
-        if flag == "--adaptive-draft":
-            adaptive_names.add(name)
-    servers = _bench_endpoints(endpoint or [], {"plain", *PEERS, *dict(specs)} if local
-                               else set(), model_name, api_key)
-    check_output_dir(out)
-    qs = load_questions(questions, per_category=per_category, turns=turns)
-    tgt, variants = None, {}
-    if local:
-        tgt = load_target(target or "smollm2-135m", layers=aux_layers([p for _, p in specs]))
-        variants = {"plain": SpeculativeDecoder(tgt)}
-        for name, path in specs:
-            adaptive = name in adaptive_names
-            variants[name] = _decoder(tgt, path, tree and not adaptive, depth, topk,
-                                      total_tokens, gamma if adaptive_gamma is None or not
-                                      adaptive else adaptive_gamma, blocks, branch, policy,
-                                      bandit, adaptive)
-        if peers:
-            from draftvocab.engine.peers import HFGenerate
-
-            for name in peers:
-                variants[name] = HFGenerate(tgt, prompt_lookup=prompt_lookup_tokens
-                                            if name == "prompt-lookup" else 0)
-    total = runs * sum(len(q.turns) for q in qs)
-    with Progress(console=err, transient=True) as bar:
-        task = bar.add_task("benchmark", total=total)
-        report = run_benchmark(tgt, variants, qs, max_new_tokens=max_new_tokens, runs=runs,
-                               progress=lambda n: bar.advance(task, n), endpoints=servers)
-    if not report["rows"]:
-        raise DraftVocabError("no request was measured: "
-                              + report.get("skipped_example", "every prompt was too long"))
-    write_report(report, out)
+    decoding = DecodeOptions(tree=tree, depth=depth, topk=topk, total_tokens=total_tokens,
+                             gamma=gamma, blocks=blocks, branch=branch, policy=policy,
+                             bandit=bandit)
+    with _Bar() as bar:
+        r = api.bench(drafts=draft or [], adaptive_drafts=adaptive_draft or [],
+                      adaptive_gamma=adaptive_gamma, endpoints=endpoint or [], model=model_name,
+                      api_key=api_key, peers=peer or [],
+                      prompt_lookup_tokens=prompt_lookup_tokens, local=local, target=target,
+                      questions=questions, per_category=per_category, turns=turns,
+                      max_new_tokens=max_new_tokens, runs=runs, decoding=decoding, out=out,
+                      progress=bar)
     if as_json:
-        _emit_json({k: v for k, v in report.items() if k != "rows"} | {"out": str(out)})
+        _emit_json(r.to_json())
         return
-    console.print(markdown(report), markup=False, highlight=False)
+    console.print(r.markdown(), markup=False, highlight=False)
     err.print(f"report -> {escape(str(out))}: report.md, report.json, throughput.png")

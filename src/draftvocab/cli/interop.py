@@ -1,4 +1,7 @@
 """Interop commands: export, import, retrofit (SpecForge, SGLang, vLLM, speculators).
+
+Each parses its options, makes one call into `draftvocab.api.interop` and prints its
+summary (one line on stderr, or the JSON with --json).
 """
 
 from __future__ import annotations
@@ -15,12 +18,9 @@ from draftvocab.cli.common import (
     PresetOpt,
     _emit_json,
     _fail_cleanly,
-    _run_summary,
-    _setup,
     app,
     err,
 )
-from draftvocab.core.errors import DraftVocabError
 
 
 @app.command("export", epilog="Examples:\n\n"
@@ -48,35 +48,9 @@ def export_cmd(
     as_json: JsonOpt = False,
 ) -> None:
     """Write a draft or vocabulary in SpecForge, SGLang, speculators (vLLM) or FR-Spec format."""
-    from draftvocab.core.atomic import check_output_dir, check_output_file
-    from draftvocab.interop import formats
+    from draftvocab.api.interop import export
 
-    if to not in formats.FORMATS:
-        raise DraftVocabError(f"--to must be one of {', '.join(formats.FORMATS)}; got {to!r}")
-    if not source.exists():
-        raise DraftVocabError(f"not found: {source}")
-    (check_output_file if to == "frspec" else check_output_dir)(out)
-    run = _run_summary(source)
-    if to == "sglang":
-        summary = formats.export_sglang(source, out)
-    elif to == "speculators":
-        summary = formats.export_speculators(source, out, verifier=verifier)
-    elif to == "specforge":
-        target_config = None
-        if not (source / "model.safetensors").is_file():
-            inputs = run.get("inputs") or {}
-            if preset is None and config is None and inputs.get("preset"):
-                preset = inputs["preset"]
-            target_config = _setup(preset, config, need_tokenizer=False).config
-        summary = formats.export_specforge(source, out, target_config=target_config)
-    else:
-        from draftvocab.vocab.counts import TokenCounts
-
-        counts_file = source / "counts.safetensors" if source.is_dir() else source
-        k = k or run.get("k")
-        if k is None:
-            raise DraftVocabError("frspec needs --k (or an `optimize` run directory)")
-        summary = formats.export_frspec(TokenCounts.load(counts_file).counts, int(k), out)
+    summary = export(source, to, out, preset=preset, config=config, k=k, verifier=verifier)
     if as_json:
         _emit_json(summary)
         return
@@ -106,18 +80,9 @@ def import_cmd(
     as_json: JsonOpt = False,
 ) -> None:
     """Read a SpecForge / speculators EAGLE-3 draft into this engine (bench, retrofit it)."""
-    from draftvocab.core.atomic import check_output_dir
-    from draftvocab.interop.formats import import_draft
+    from draftvocab.api.interop import import_
 
-    check_output_dir(out)
-    layers = None
-    if target_layers:
-        try:
-            layers = tuple(int(x) for x in target_layers.split(","))
-        except ValueError:
-            raise DraftVocabError(f"--target-layers takes integers like 1,14,26; got "
-                                  f"{target_layers!r}") from None
-    summary = import_draft(source, out, mapping=mapping, target_layers=layers)
+    summary = import_(source, out, mapping=mapping, target_layers=target_layers)
     if as_json:
         _emit_json(summary)
     else:
@@ -151,31 +116,11 @@ def retrofit_cmd(
 ) -> None:
     """Trim an existing draft's vocabulary without training (slice LM-head rows, rewrite
     d2t/t2d), choosing k with the optimiser restricted to the draft's own tokens."""
-    import dataclasses
+    from draftvocab.api.interop import retrofit
 
-    from draftvocab.core.atomic import atomic_directory, check_output_dir
-    from draftvocab.interop.retrofit import retrofit_draft
-    from draftvocab.vocab.counts import TokenCounts
-    from draftvocab.vocab.objective import utility_curve
-
-    if per_category < 1 or runs < 1 or max_new_tokens < 1:
-        raise DraftVocabError("--per-category, --runs and --max-new-tokens must be at least 1")
-    utility_curve(*([__import__("numpy").zeros(1)] * 2), alpha, c_min)
-    check_output_dir(out)
-    counts_file = counts / "counts.safetensors" if counts.is_dir() else counts
-    domain = TokenCounts.load(counts_file).counts
-    # The trimmed draft is built and benchmarked in a staging directory, and swapped in last.
-    with atomic_directory(out) as stage:
-        trimmed = stage / "draft"
-        res = retrofit_draft(draft, domain, trimmed, k=k, alpha=alpha, c_min=c_min)
-        summary = {**res.to_json(), "out": str(out)}
-        if bench:
-            summary["bench"] = _bench_retrofit(draft, trimmed, target, per_category,
-                                               max_new_tokens, runs)
-        for f in trimmed.iterdir():
-            f.rename(stage / f.name)
-        trimmed.rmdir()
-    res = dataclasses.replace(res, out=str(out))
+    run = retrofit(draft, counts, out, k=k, alpha=alpha, c_min=c_min, bench=bench, target=target,
+                   per_category=per_category, max_new_tokens=max_new_tokens, runs=runs)
+    res, summary = run.result, run.summary
     if as_json:
         _emit_json(summary)
         return
@@ -186,23 +131,3 @@ def retrofit_cmd(
         row = summary["bench"][name]
         err.print(f"  {name:7s} {row['tokens_per_s']:6.1f} tok/s  τ {row['accept_length']:.2f}"
                   f"  draft share {row['draft_share']:.0%}")
-
-
-def _bench_retrofit(draft: Path, trimmed: Path, target: str, per_category: int,
-                    max_new_tokens: int, runs: int) -> dict:
-    from draftvocab.engine.bench import load_questions, run_benchmark
-    from draftvocab.engine.decode import SpeculativeDecoder
-    from draftvocab.engine.draft import aux_layers, load_draft
-    from draftvocab.engine.target import load_target
-
-    tgt = load_target(target, layers=aux_layers([draft, trimmed]))
-    variants = {"plain": SpeculativeDecoder(tgt),
-                "before": SpeculativeDecoder(tgt, load_draft(draft, tgt), tree=False, gamma=2),
-                "after": SpeculativeDecoder(tgt, load_draft(trimmed, tgt), tree=False, gamma=2)}
-    qs = load_questions(per_category=per_category, turns=1)
-    report = run_benchmark(tgt, variants, qs, max_new_tokens=max_new_tokens, runs=runs)
-    overall = report["table"]["overall"]
-    result = {name: {key: overall[name][key][0] for key in
-                     ("tokens_per_s", "accept_length", "draft_share")} for name in variants}
-    result["greedy_identical"] = not any(report["greedy_mismatches"].values())
-    return result

@@ -1,9 +1,9 @@
-"""Draft-training commands: regenerate (the target's own answers), train.
+"""Draft-training commands: regenerate (the target's own answers), train — each parses its
+options, makes one `draftvocab.api.training` call and renders the result and its progress.
 """
 
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
 from typing import Annotated
 
@@ -19,14 +19,78 @@ from draftvocab.cli.common import (
     SkipOpt,
     SuperviseOpt,
     _emit_json,
-    _endpoint,
     _fail_cleanly,
     _progress,
-    _TrainProgress,
     app,
     err,
 )
-from draftvocab.core.errors import DraftVocabError
+from draftvocab.cli.decoding import _Bar
+
+
+class _RegenerateBar:
+    """The regenerating line (`_Rates`: conversations, tokens, tok/s) as a library progress
+    callback; it appears, and its clock starts, when generation starts."""
+
+    def __init__(self, total: int | None, quiet: bool):
+        self.total, self.quiet, self.started, self.bar = total, quiet, False, None
+
+    def __call__(self, stage: str, advance: int, total: int | None = None,
+                 tokens: int = 0) -> None:
+        if not self.started:
+            self.started = True
+            self.bar = _progress("regenerating", self.total, self.quiet, rate=lambda c, t, dt:
+                                 f"{t:,} tok  {t / dt:,.1f} tok/s").__enter__()
+        if advance and self.bar is not None:
+            self.bar(advance, tokens)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.bar is not None:
+            self.bar.__exit__(*exc)
+
+
+class _TrainProgress:
+    """Training's progress: the target-feature cache as it fills (`_Bar`), then a rich line
+    of optimizer steps, loss and per-TTT-step top-1 accuracy (`step`)."""
+
+    def __init__(self, quiet: bool = False):
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.features = _Bar(quiet)
+        self.progress = Progress(
+            TextColumn("[bold]training[/bold]"), BarColumn(),
+            TextColumn("{task.completed:,.0f}/{task.total:,.0f}"),
+            TextColumn("[cyan]{task.fields[stats]}"), TimeElapsedColumn(),
+            console=err, transient=True, disable=quiet,
+        )
+        self.started, self.task = False, None
+
+    def __call__(self, stage: str, advance: int, total: int | None = None,
+                 tokens: int = 0) -> None:
+        """Library progress (`api.inputs.Progress`): "target features", then "training"."""
+        if stage != "training":
+            self.features(stage, advance, total, tokens)
+        elif not self.started:
+            self.features.__exit__()
+            self.started = True
+            self.progress.start()
+
+    def step(self, step: int, total: int, entry: dict) -> None:
+        if self.task is None:
+            self.task = self.progress.add_task("train", total=total, stats="")
+        acc = " ".join(f"acc@{j} {a:.2f}" for j, a in enumerate(entry["acc"]) if a is not None)
+        self.progress.update(self.task, completed=step, total=total,
+                             stats=f"loss {entry['loss']:.3f}  {acc}")
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.features.__exit__()
+        if self.started:
+            self.progress.stop()
 
 
 @app.command("regenerate", epilog="Examples:\n\n"
@@ -84,78 +148,31 @@ def regenerate_cmd(
 ) -> None:
     """Rewrite a dataset's assistant turns with the target model's own replies -> JSONL
     (verbatim: reasoning and tool-call markup included)."""
-    from draftvocab.chat.conversations import ColumnMap, parse_role_map, read_conversations
-    from draftvocab.chat.messages import parse_template_kwargs
-    from draftvocab.engine.presets import PRESETS, get_preset
-    from draftvocab.engine.regenerate import check_options, finished_ids, regenerate
-    from draftvocab.engine.target import DEFAULT_TARGET, load_target
+    from draftvocab.api.training import RegenerateInterrupted, regenerate
 
-    check_options(batch_size=batch_size, max_new_tokens=max_new_tokens, temperature=temperature,
-                  top_p=top_p, turns=turns, leading_assistant=leading_assistant)
-    if concurrency < 1:
-        raise DraftVocabError(f"--concurrency must be at least 1, got {concurrency}")
-    if endpoint and max_prompt_tokens is not None:
-        raise DraftVocabError("--max-prompt-tokens needs a local target: a server refuses a "
-                              "prompt over its context itself (counted as rejected)")
-    extra_kwargs = parse_template_kwargs(template_kwargs)
-    finished_ids(out)  # a bad output file fails before the model loads
-    preset = get_preset(target if target in PRESETS else DEFAULT_TARGET)
-    reader = read_conversations(
-        data if data is not None else preset.dataset_path(),
-        columns=ColumnMap.parse(columns) if columns else None,
-        role_map=parse_role_map(role_map) if role_map else None,
-        skip_bad_lines=skip_bad_lines or (data is None and preset.skip_bad_lines),
-        max_samples=max_samples, seed=seed,
-    )
-    kwargs = {**(preset.template_kwargs if (target or DEFAULT_TARGET) in PRESETS else {}),
-              **extra_kwargs}
-    options = {"max_new_tokens": max_new_tokens, "temperature": temperature, "top_p": top_p,
-               "seed": seed, "turns": turns, "template_kwargs": kwargs,
-               "leading_assistant": leading_assistant}
-    if endpoint:
-        ep, tokenizer = _endpoint(endpoint, model_name, api_key), None
-        if target is not None:
-            from draftvocab.engine.target import load_target_tokenizer
-
-            tokenizer = load_target_tokenizer(target)
-    else:
-        model = load_target(target or DEFAULT_TARGET)
     try:
-        with _progress("regenerating", max_samples, as_json, rate=lambda c, t, dt:
-                       f"{t:,} tok  {t / dt:,.1f} tok/s") as bar:
-            if endpoint:
-                from draftvocab.engine.regenerate import regenerate_remote
-
-                stats = regenerate_remote(reader, ep, out, concurrency=concurrency,
-                                          tokenizer=tokenizer, progress=bar, **options)
-            else:
-                stats = regenerate(reader, model, out, batch_size=batch_size,
-                                   max_prompt_tokens=max_prompt_tokens, progress=bar,
-                                   **options)
-    except KeyboardInterrupt:
+        with _RegenerateBar(max_samples, as_json) as bar:
+            r = regenerate(data, out=out, target=target, endpoint=endpoint, model=model_name,
+                           concurrency=concurrency, api_key=api_key, max_samples=max_samples,
+                           seed=seed, batch_size=batch_size, max_new_tokens=max_new_tokens,
+                           temperature=temperature, top_p=top_p, turns=turns,
+                           max_prompt_tokens=max_prompt_tokens, columns=columns,
+                           role_map=role_map, skip_bad_lines=skip_bad_lines,
+                           template_kwargs=template_kwargs,
+                           leading_assistant=leading_assistant, progress=bar)
+    except RegenerateInterrupted:
         err.print(f"[bold red]interrupted[/bold red]: finished conversations are in "
                   f"{escape(str(out))}; rerun the same command to resume")
         raise typer.Exit(130) from None
-    summary = {**stats.to_json(), "read_skipped": reader.stats.skipped, "out": str(out),
-               "target": ep.model if endpoint else target or DEFAULT_TARGET}
-    if endpoint:
-        summary |= {"endpoint": ep.url, "concurrency": concurrency}
-    if stats.written == 0 and stats.already_done == 0:  # an empty result is a failure
-        skipped = stats.skipped | reader.stats.skipped
-        why = ", ".join(f"{k}: {v:,}" for k, v in sorted(skipped.items())) or "no conversations"
-        hint = (" (prompts longer than the context minus --max-new-tokens, or than "
-                "--max-prompt-tokens)" if "too_long" in skipped else "")
-        first = next(iter(stats.skipped_examples.values()), None)
-        raise DraftVocabError(f"nothing was regenerated: skipped {why}{hint}"
-                              + (f"; first: {first}" if first else ""))
     if as_json:
-        _emit_json(summary)
+        _emit_json(r.to_json())
         return
+    stats = r.stats
     err.print(f"regenerated {stats.written:,} conversations ({stats.already_done:,} already "
               f"done), {stats.generated_tokens:,} tokens in {stats.seconds:,.1f} s "
               f"({stats.tokens_per_s:,.1f} tok/s) -> [bold]{escape(str(out))}[/bold]")
-    if stats.skipped or reader.stats.skipped:
-        err.print(f"skipped: {stats.skipped | reader.stats.skipped}")
+    if r.skipped:
+        err.print(f"skipped: {r.skipped}")
         for reason, example in stats.skipped_examples.items():
             err.print(f"  first {reason}: {escape(example)}")
 
@@ -244,93 +261,25 @@ def train_cmd(
 ) -> None:
     """Train a draft on the target's hidden states: EAGLE-3 (training-time test) or SpecBlock
     (K positions per forward, --drafter specblock)."""
-    from draftvocab.chat.conversations import read_conversations
-    from draftvocab.engine.presets import PRESETS, get_preset
-    from draftvocab.engine.target import DEFAULT_TARGET, load_target
-    from draftvocab.engine.train import (
-        TrainConfig,
-        encode_conversations,
-        mapping_tensors,
-        train_draft,
-    )
+    from draftvocab.api.training import train
+    from draftvocab.engine.train import TrainConfig
 
     config = TrainConfig(ttt_steps=ttt_steps, lr=lr, warmup_steps=warmup, batch_size=batch_size,
                          epochs=epochs, max_steps=max_steps, max_len=max_len, dtype=dtype,
                          save_every=save_every, seed=seed, drafter=drafter,
                          block_size=block_size, draft_layers=draft_layers, shift=shift,
                          inherit=inherit, rank_head=rank_head, valid_prefix=valid_prefix)
-    from draftvocab.core.atomic import check_output_dir
-
-    config.check()  # cheap errors before loading anything
-    check_output_dir(out)
-    if cache_features is not None:
-        check_output_dir(cache_features)
-    if eval_samples < 1 or eval_gamma < 1 or (eval_every is not None and eval_every < 1):
-        raise DraftVocabError("--eval-samples, --eval-gamma and --eval-every must be >= 1")
-    from draftvocab.chat.messages import parse_template_kwargs
-    from draftvocab.chat.spans import ChatSpans
-
-    extra_kwargs = parse_template_kwargs(template_kwargs)
-    preset = get_preset(target if target in PRESETS else DEFAULT_TARGET)
-    reader = read_conversations(
-        data if data is not None else preset.dataset_path(),
-        skip_bad_lines=skip_bad_lines or (data is None and preset.skip_bad_lines),
-        max_samples=max_samples, seed=seed)
-    held_reader = (read_conversations(eval_data, skip_bad_lines=skip_bad_lines,
-                                      max_samples=eval_samples, seed=seed)
-                   if eval_data is not None else None)
-    vocab_mapping = None
-    if mapping is not None:
-        from draftvocab.vocab.mapping import load_mapping
-        vocab_mapping = load_mapping(mapping)  # a bad file fails before the target loads
-    from transformers.utils import logging as hf_logging
-
-    bar_was_on = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()  # no "Loading weights" bar before a one-line error
-    try:
-        model = load_target(target)
-    finally:
-        if bar_was_on:
-            hf_logging.enable_progress_bar()
-    d2t = t2d = None
-    if mapping is not None:
-        d2t, t2d = mapping_tensors(vocab_mapping, model.vocab_size)
-    spans = ChatSpans(model.tokenizer, supervise=supervise, leading_assistant=leading_assistant,
-                      template_kwargs={**(preset.template_kwargs if target in PRESETS else {}),
-                                       **extra_kwargs})
-    examples, skipped = encode_conversations(reader, model.tokenizer, max_len, spans=spans)
-    heldout = None
-    if held_reader is not None:
-        import functools
-
-        from draftvocab.engine.acceptance import chain_tau, prepare_heldout
-
-        held, _ = encode_conversations(held_reader, model.tokenizer, max_len, spans=spans)
-        if not held:
-            raise DraftVocabError(f"no usable held-out conversations in {eval_data}")
-        heldout = functools.partial(chain_tau, held=prepare_heldout(model, held),
-                                    gamma=eval_gamma)
-    features = None
-    if cache_features is not None and examples:
-        from rich.progress import Progress
-
-        from draftvocab.engine.features import build_features
-
-        with Progress(console=err, transient=True, disable=as_json) as fbar:
-            task = fbar.add_task("target features", total=len(examples))
-            features = build_features(model, examples, cache_features,
-                                      progress=lambda done, _n: fbar.update(task, completed=done))
-    bar = _TrainProgress() if not as_json else None
-    with bar if bar is not None else contextlib.nullcontext():
-        result = train_draft(model, examples, out, d2t=d2t, t2d=t2d, config=config,
-                             resume=resume, skipped={**reader.stats.skipped, **skipped},
-                             progress=bar, features=features, heldout=heldout,
-                             eval_every=eval_every)
-    summary = {**result.to_json(), "target": target,
-               "mapping": str(mapping) if mapping else None}
+    with _TrainProgress(quiet=as_json) as bar:
+        run = train(data, target=target, mapping=mapping, out=out, config=config,
+                    max_samples=max_samples, resume=resume, cache_features=cache_features,
+                    eval_data=eval_data, eval_samples=eval_samples, eval_every=eval_every,
+                    eval_gamma=eval_gamma, skip_bad_lines=skip_bad_lines,
+                    template_kwargs=template_kwargs, supervise=supervise,
+                    leading_assistant=leading_assistant, progress=bar, on_step=bar.step)
     if as_json:
-        _emit_json(summary)
+        _emit_json(run.to_json())
         return
+    result = run.result
     acc = ", ".join(f"acc@{j} {a:.3f}" for j, a in enumerate(result.final_acc) if a is not None)
     resumed = f" (resumed from {escape(result.resumed_from)})" if result.resumed_from else ""
     err.print(f"trained {result.steps:,} steps on {result.examples:,} conversations "

@@ -10,6 +10,7 @@ So each reply is walked like the decoder walks it: at pending token n the draft 
 tokens from position n−1, the leading ones equal to the target's argmax are accepted, one more
 comes from the target, and decoding resumes after them. τ = reply tokens / verify rounds,
 as `GenerationResult.mean_accept_length` counts it (a reply's last round is cut at its end).
+The teacher-forced forward is the drafter's (`Drafter.chain_logits`).
 
     >>> held = prepare_heldout(target, examples, draft.t2d)
     >>> chain_tau(draft, held, gamma=3)     # {"tau": 1.52, "acc": [...], "rounds": 812}
@@ -23,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from draftvocab.engine.train import Batch, collate, ttt_forward
+from draftvocab.engine.train import Batch, collate
 
 
 @dataclass
@@ -86,8 +87,8 @@ def chain_tau(draft, held: HeldOut, gamma: int = 3) -> dict:
         # the draft only drafts from positions whose next token is a reply token
         rows = torch.zeros_like(batch.supervised)
         rows[:, :-1] = batch.supervised[:, 1:]
-        logits = ttt_forward(draft, hidden.to(draft.fc.weight.dtype), batch.ids, batch.lengths,
-                             gamma, rows=[rows] * gamma)
+        logits = draft.chain_logits(hidden.to(draft.fc.weight.dtype), batch.ids,
+                                    batch.lengths, gamma, [rows] * gamma)
         top = t2d[argmax]  # the target's argmax as a draft id, -1 outside the vocabulary
         top = torch.cat([top, top.new_full((b, gamma + 1), -1)], dim=1)
         sup = torch.cat([batch.supervised, batch.supervised.new_zeros((b, gamma + 2))], dim=1)

@@ -16,7 +16,8 @@ policy decides what goes to the verifier:
 - "fixed": every row adds its top-`branch` (a fixed top-k tree, the rank head's ablation).
 - "chain": top-1 only (branch 1), never stops early.
 
-Verification, KV-cache bookkeeping and losslessness are decode.py's (any tree of target ids).
+Verification, KV-cache bookkeeping and losslessness are decode.py's and verify.py's (any tree
+of target ids); `SpecBlockDraft.decoder` builds this decoder.
 Sampling uses chain drafting with each row's token drawn from its draft distribution; rows of a
 block do not see the drawn tokens of earlier rows, only the hidden path, which keeps each draw
 a valid proposal for rejection sampling.
@@ -29,7 +30,8 @@ import math
 import torch
 
 from draftvocab.core.errors import DraftVocabError
-from draftvocab.engine.decode import SpeculativeDecoder, _Node
+from draftvocab.engine.decode import SpeculativeDecoder
+from draftvocab.engine.verify import DraftNode
 
 POLICIES = ("rank", "fixed", "chain")
 
@@ -42,7 +44,7 @@ class SpecBlockDecoder(SpeculativeDecoder):
     feedback; `draft_forwards` counts drafter calls of the last generate().
     """
 
-    drafts_blocks = True
+    proposes = "block"  # drives SpecBlockDraft.run (Drafter.proposes)
 
     def __init__(self, target, draft, *, blocks: int = 2, width: int = 2, branch: int = 4,
                  policy: str = "rank", total_tokens: int = 32, min_gain: float = 0.1,
@@ -70,7 +72,7 @@ class SpecBlockDecoder(SpeculativeDecoder):
 
     # -- drafting ----------------------------------------------------------------------------
 
-    def _propose(self, feats, tokens, pending_from: int, n: int) -> list[_Node]:
+    def _propose(self, feats, tokens, pending_from: int, n: int) -> list[DraftNode]:
         d = self.draft
         dev = self.target.device
         blocks, branch = self.blocks, self.branch
@@ -108,7 +110,7 @@ class SpecBlockDecoder(SpeculativeDecoder):
         h_block = out[0, m - 1:]  # [K, d]: block 1's rows
         # Ancestors of block-1 row j among tree rows: query rows 1..j (row 0 is a real row).
         anc = torch.ones(kk, q_rows, dtype=torch.bool, device=dev).tril(-1)
-        nodes: list[_Node] = []
+        nodes: list[DraftNode] = []
         scores: list[float] = []
         node_rows: list[tuple[torch.Tensor, torch.Tensor]] = []  # (hidden, ancestors) per node
         leaves = self._expand(h_block[None], anc[None], [-1], [0.0], nodes, scores, node_rows,
@@ -193,14 +195,14 @@ class SpecBlockDecoder(SpeculativeDecoder):
                     q = torch.softmax(logits[f, j].float() / temperature, -1)
                     draft_id = torch.multinomial(q.cpu(), 1, generator=gen).to(q.device)
                     token = int(d.to_target_ids(draft_id))
-                    nodes.append(_Node(token, parent, depth, q=q))
+                    nodes.append(DraftNode(token, parent, depth, q=q))
                     scores.append(score)
                     node_rows.append(row)
                     parent = len(nodes) - 1
                     continue
                 spine = len(nodes)
                 for c in range(min(width, self.total_tokens - len(nodes))):
-                    nodes.append(_Node(ids[f][j][c], parent, depth))
+                    nodes.append(DraftNode(ids[f][j][c], parent, depth))
                     if probs is None:
                         scores.append(score + vals[f][j][c])
                     else:
@@ -213,24 +215,3 @@ class SpecBlockDecoder(SpeculativeDecoder):
                 if parent != parents[f]:
                     leaves.append(parent)  # the path ran the whole block: extend its end
         return leaves
-
-
-def decoder_for(target, draft=None, *, tree: bool = True, depth: int = 6, topk: int = 8,
-                total_tokens: int = 32, gamma: int = 5, blocks: int = 2, width: int = 2,
-                branch: int = 4, policy: str | None = None, bandit=None,
-                adaptive: bool = False):
-    """The decoder a draft needs: SpecBlockDecoder for a SpecBlock draft (policy "chain" when
-    `tree` is off, else "rank" if it has a rank head, else "fixed"), else SpeculativeDecoder."""
-    from draftvocab.engine.draft import is_specblock
-
-    if draft is None or not is_specblock(draft.config):
-        return SpeculativeDecoder(target, draft, tree=tree, depth=depth, topk=topk,
-                                  total_tokens=total_tokens, gamma=gamma, adaptive=adaptive)
-    if adaptive:
-        raise DraftVocabError("an adaptive chain length is for EAGLE-3 drafts; a SpecBlock "
-                              "draft adapts its budget with --bandit")
-    if policy is None:
-        policy = ("chain" if not tree else
-                  "rank" if getattr(draft, "rank_head", None) is not None else "fixed")
-    return SpecBlockDecoder(target, draft, blocks=blocks, width=width, branch=branch,
-                            policy=policy, total_tokens=total_tokens, bandit=bandit)

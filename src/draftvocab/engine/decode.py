@@ -1,12 +1,13 @@
-"""Speculative decoding with an EAGLE-3 draft: chain or dynamic-tree drafting, one target forward
-to verify, the target's KV cache kept consistent after partial acceptance.
+"""Speculative decoding: the generation loop (draft, verify, keep the target's KV cache
+consistent after partial acceptance) and EAGLE-3's chain or dynamic-tree drafting.
 
 Greedy decoding is lossless: the output is the target's own greedy output, token for token.
-Sampling uses standard speculative (rejection) sampling with the draft distribution mapped to
-target ids through d2t, so outputs follow the target's distribution: a chain, or a tree whose
-siblings are i.i.d. draws verified by multi-round rejection (SpecInfer). Without a draft the same loop is plain
-target decoding, the baseline benchmarks compare against. One sequence at a time; token ids in,
-token ids out — tokenisation and chat templates are the caller's.
+Sampling uses standard speculative (rejection) sampling (`verify.py`): a chain, or a tree
+whose siblings are i.i.d. draws verified by multi-round rejection (SpecInfer). Without a draft
+the same loop is plain target decoding, the baseline benchmarks compare against. One sequence
+at a time; token ids in, token ids out — tokenisation and chat templates are the caller's.
+`decoder_for` asks the drafter for its decoder (`Drafter.decoder`): a SpecBlock drafter's
+drafting is `blockdecode.py`'s, with this loop.
 """
 
 from __future__ import annotations
@@ -14,11 +15,13 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
 from draftvocab.core.errors import DraftVocabError
-from draftvocab.engine.draft import check_fits, is_specblock
+from draftvocab.engine.treedraft import draft_tree, draft_tree_sampled
+from draftvocab.engine.verify import DraftNode, sampling_probs, verify
 
 
 @dataclass
@@ -41,24 +44,22 @@ class GenerationResult:
 
 
 @dataclass
-class _Node:
-    """A drafted token to verify; nodes are listed parents first."""
+class DecodeOptions:
+    """Every decoder knob; a drafter's decoder reads the ones that apply to it (EAGLE-3: tree,
+    depth, topk, total_tokens, gamma, adaptive; SpecBlock: tree, total_tokens, blocks, width,
+    branch, policy, bandit)."""
 
-    token: int  # target id
-    parent: int  # index into the node list, -1 = root (the pending token x_n)
-    depth: int  # 1 = child of the root
-    q: torch.Tensor | None = None  # draft distribution over draft ids (sampling)
-
-
-def _sampling_probs(logits: torch.Tensor, temperature: float, top_p: float) -> torch.Tensor:
-    probs = torch.softmax(logits.float() / temperature, dim=-1)
-    if top_p < 1.0:
-        sorted_p, order = probs.sort(descending=True)
-        keep = sorted_p.cumsum(-1) - sorted_p < top_p  # smallest set reaching top_p
-        sorted_p = sorted_p * keep
-        probs = torch.zeros_like(probs).scatter(-1, order, sorted_p)
-        probs = probs / probs.sum(-1, keepdim=True)
-    return probs
+    tree: bool = True
+    depth: int = 6
+    topk: int = 8
+    total_tokens: int = 32
+    gamma: int = 5
+    blocks: int = 2
+    width: int = 2
+    branch: int = 4
+    policy: str | None = None
+    bandit: Any = None  # bandit.BudgetBandit
+    adaptive: bool = False
 
 
 def _keep_cache(cache, prefix: int, kept: list[int]) -> None:
@@ -85,17 +86,17 @@ class SpeculativeDecoder:
     >>> res.tokens, res.mean_accept_length
     """
 
-    drafts_blocks = False  # which drafter kind _propose() drives (SpecBlockDecoder: True)
+    proposes = "step"  # the drafting API _propose() drives (Drafter.proposes)
 
     def __init__(self, target, draft=None, *, tree: bool = True, depth: int = 6,
                  topk: int = 8, total_tokens: int = 32, gamma: int = 5,
                  adaptive: bool = False):
         if draft is not None:
-            if is_specblock(draft.config) != self.drafts_blocks:
+            if draft.proposes != self.proposes:
                 raise DraftVocabError(
                     "a SpecBlock draft needs blockdecode.SpecBlockDecoder and an EAGLE-3 draft "
-                    "SpeculativeDecoder (blockdecode.decoder_for picks the right one)")
-            check_fits(draft.config, target)
+                    "SpeculativeDecoder (decode.decoder_for picks the right one)")
+            draft.check_fits(target)
             k = draft.config.draft_vocab_size
             self._draft_ids = draft.to_target_ids(torch.arange(k, device=draft.d2t.device))
         if min(depth, topk, total_tokens, gamma) < 1:
@@ -120,6 +121,12 @@ class SpeculativeDecoder:
 
             self.length = AdaptiveLength(max_gamma=gamma)
         self._chain = gamma
+
+    @classmethod
+    def from_options(cls, target, draft, options: DecodeOptions) -> SpeculativeDecoder:
+        o = options
+        return cls(target, draft, tree=o.tree, depth=o.depth, topk=o.topk,
+                   total_tokens=o.total_tokens, gamma=o.gamma, adaptive=o.adaptive)
 
     # -- public -----------------------------------------------------------------------------
 
@@ -221,7 +228,7 @@ class SpeculativeDecoder:
         self._dk = self._dv = None  # draft cache [1, KV, S, D]
         self.draft_forwards = 0
 
-    def _propose(self, feats, tokens, pending_from: int, n: int) -> list[_Node]:
+    def _propose(self, feats, tokens, pending_from: int, n: int) -> list[DraftNode]:
         """The nodes to verify after x_n; `feats` are the target features of positions
         pending_from .. n-1, which the draft has not seen yet."""
         self._dk, self._dv, h_last, logits_last = self._catch_up(
@@ -243,7 +250,7 @@ class SpeculativeDecoder:
         if self._sampling is None:
             return int(logits.argmax())
         temperature, top_p, gen = self._sampling
-        probs = _sampling_probs(logits, temperature, top_p)
+        probs = sampling_probs(logits, temperature, top_p)
         return int(torch.multinomial(probs.cpu(), 1, generator=gen))
 
     def _catch_up(self, feats, tokens, pending_from, dk, dv):
@@ -263,12 +270,12 @@ class SpeculativeDecoder:
         dv = v if dv is None else torch.cat([dv, v], dim=2)
         return dk, dv, h[:, -1:], logits[0, -1]
 
-    def _draft_chain(self, dk, dv, h_last, logits, n) -> list[_Node]:
+    def _draft_chain(self, dk, dv, h_last, logits, n) -> list[DraftNode]:
         """gamma tokens (this round's `_chain`), each the draft's pick given the previous ones
         (root = x_n)."""
         d = self.draft
         dev = self.target.device
-        nodes: list[_Node] = []
+        nodes: list[DraftNode] = []
         ck = cv = None
         h = h_last
         for j in range(1, self._chain + 1):
@@ -280,7 +287,7 @@ class SpeculativeDecoder:
                 q = torch.softmax(logits.float() / temperature, dim=-1)
                 draft_id = int(torch.multinomial(q.cpu(), 1, generator=gen))
             token = int(d.to_target_ids(torch.tensor(draft_id, device=dev)))
-            nodes.append(_Node(token, len(nodes) - 1, j, q=q))
+            nodes.append(DraftNode(token, len(nodes) - 1, j, q=q))
             if j == self._chain:
                 break
             pk = dk if ck is None else torch.cat([dk, ck], dim=2)
@@ -293,188 +300,38 @@ class SpeculativeDecoder:
             cv = v if cv is None else torch.cat([cv, v], dim=2)
         return nodes
 
-    def _draft_tree(self, dk, dv, h_last, logits, n) -> list[_Node]:
-        """EAGLE-2 dynamic tree: per depth, expand the `topk` best frontier nodes (by cumulative
-        draft log-prob) in one draft forward, each into its `topk` best children; finally keep
-        the `total_tokens` best nodes overall. Bookkeeping is vectorised per depth."""
-        d = self.draft
-        dev = self.target.device
-        kk = self.topk
-        logp = torch.log_softmax(logits.float(), -1)
-        top = logp.topk(min(kk, logp.shape[-1]))
-        # All candidate nodes, per depth: target token, cumulative score, global parent index.
-        tokens = [d.to_target_ids(top.indices)]
-        scores = [top.values]
-        parents = [torch.full_like(top.indices, -1)]
-        frontier = torch.arange(top.indices.shape[0], device=dev)  # global indices
-        f_hidden = h_last.expand(1, frontier.shape[0], -1)
-        anc = torch.zeros(frontier.shape[0], 0, dtype=torch.bool, device=dev)  # over expanded
-        keys, values = [dk], [dv]
-        prefix = dk.shape[2]
-        offset = 0  # global index of the first node of the current depth
-        for depth in range(1, self.depth):
-            f = frontier.shape[0]
-            all_tokens = torch.cat(tokens)
-            ids = all_tokens[frontier][None]
-            pos = torch.full((1, f), n - 1 + depth, device=dev)
-            expanded = anc.shape[1]
-            mask = torch.zeros(f, prefix + expanded + f, dtype=torch.bool, device=dev)
-            mask[:, :prefix] = True
-            mask[:, prefix:prefix + expanded] = anc
-            mask[:, prefix + expanded:] = torch.eye(f, dtype=torch.bool, device=dev)
-            out_logits, h, k, v = d.step(f_hidden, ids, pos, torch.cat(keys, 2),
-                                         torch.cat(values, 2), mask[None, None])
-            self.draft_forwards += 1
-            keys.append(k)
-            values.append(v)
-            anc = torch.cat([anc, torch.eye(f, dtype=torch.bool, device=dev)], dim=1)
-            logp = torch.log_softmax(out_logits[0].float(), -1)
-            top = logp.topk(min(kk, logp.shape[-1]), dim=-1)  # [f, kk]
-            all_scores = torch.cat(scores)
-            cand_scores = (all_scores[frontier][:, None] + top.values).flatten()
-            offset += tokens[-1].shape[0]
-            tokens.append(d.to_target_ids(top.indices).flatten())
-            scores.append(cand_scores)
-            parents.append(frontier.repeat_interleave(top.indices.shape[1]))
-            if depth == self.depth - 1:
-                break
-            best = cand_scores.topk(min(kk, cand_scores.shape[0])).indices
-            rows = best // top.indices.shape[1]  # which frontier node each came from
-            frontier = offset + best
-            f_hidden = h[:, rows]
-            anc = anc[rows]
-        all_tokens, all_scores = torch.cat(tokens), torch.cat(scores)
-        all_parents = torch.cat(parents)
-        depths = torch.cat([torch.full_like(t, i + 1) for i, t in enumerate(tokens)])
-        # Best total_tokens by score (a child never outscores its parent; ties go to the
-        # shallower node), then ordered by depth for the verify input.
-        par, tok, dep = all_parents.tolist(), all_tokens.tolist(), depths.tolist()
-        sc = all_scores.tolist()
-        order = sorted(range(len(tok)), key=lambda i: (-sc[i], dep[i], i))
-        chosen = sorted(order[: self.total_tokens], key=lambda i: (dep[i], i))
-        index = {old: new for new, old in enumerate(chosen)}
-        out = []
-        for i in chosen:
-            p = par[i]
-            assert p < 0 or p in index, "a chosen node's parent was not chosen"
-            out.append(_Node(tok[i], index[p] if p >= 0 else -1, dep[i]))
-        return out
-
-    def _draft_tree_sampled(self, dk, dv, h_last, logits, n) -> list[_Node]:
-        """Sampling tree: every expanded node gets `topk` children drawn i.i.d. from its draft
-        distribution. Multi-round rejection is lossless only for i.i.d. siblings, so nothing is
-        pruned after drawing: which nodes are expanded (the best cumulative draft log-probs) and
-        how many fit in `total_tokens` is decided before their children are drawn."""
-        d = self.draft
-        dev = self.target.device
-        temperature, _, gen = self._sampling
-        kk = self.topk
-
-        def draw(lg):  # [f, k_draft] -> q [f, k_draft], draft ids [f, kk]
-            q = torch.softmax(lg.float() / temperature, dim=-1)
-            ids = torch.multinomial(q.cpu(), kk, replacement=True, generator=gen).to(dev)
-            return q, ids
-
-        q, ids = draw(logits[None])
-        q_root = q[0]
-        nodes = [_Node(t, -1, 1, q=q_root) for t in d.to_target_ids(ids[0]).tolist()]
-        level = list(range(kk))  # node indices of the newest depth
-        scores = q.gather(1, ids).log().flatten()  # cumulative draft log-prob per level node
-        level_ids, level_hidden = ids.flatten(), h_last.expand(1, kk, -1)
-        anc = torch.zeros(kk, 0, dtype=torch.bool, device=dev)  # ancestors among expanded
-        keys, values, prefix = [dk], [dv], dk.shape[2]
-        for depth in range(1, self.depth):
-            width = min(kk, len(level), (self.total_tokens - len(nodes)) // kk)
-            if width < 1:
-                break
-            pick = scores.topk(width).indices
-            expanded = anc.shape[1]
-            mask = torch.zeros(width, prefix + expanded + width, dtype=torch.bool, device=dev)
-            mask[:, :prefix] = True
-            mask[:, prefix:prefix + expanded] = anc[pick]
-            mask[:, prefix + expanded:] = torch.eye(width, dtype=torch.bool, device=dev)
-            pos = torch.full((1, width), n - 1 + depth, device=dev)
-            tokens = d.to_target_ids(level_ids[pick])[None]
-            out_logits, h, k, v = d.step(level_hidden[:, pick], tokens, pos, torch.cat(keys, 2),
-                                         torch.cat(values, 2), mask[None, None])
-            self.draft_forwards += 1
-            keys.append(k)
-            values.append(v)
-            q, ids = draw(out_logits[0])
-            targets = d.to_target_ids(ids).tolist()
-            new_level = []
-            for r, parent in enumerate(pick.tolist()):
-                q_r = q[r]  # one object per sibling group: _verify maps it to target ids once
-                for t in targets[r]:
-                    nodes.append(_Node(t, level[parent], depth + 1, q=q_r))
-                    new_level.append(len(nodes) - 1)
-            level = new_level
-            scores = (scores[pick][:, None] + q.gather(1, ids).log()).flatten()
-            level_ids = ids.flatten()
-            rows = torch.arange(width, device=dev).repeat_interleave(kk)
-            level_hidden = h[:, rows]
-            anc = torch.cat([anc[pick], torch.eye(width, dtype=torch.bool, device=dev)],
-                            dim=1)[rows]
+    def _draft_tree(self, dk, dv, h_last, logits, n) -> list[DraftNode]:
+        nodes, forwards = draft_tree(self.draft, dk, dv, h_last, logits, n, max_depth=self.depth,
+                                     topk=self.topk, total_tokens=self.total_tokens,
+                                     device=self.target.device)
+        self.draft_forwards += forwards
         return nodes
 
-    def _verify(self, nodes: list[_Node], pending: int, n: int, cache):
-        """One target forward over [x_n, nodes...] with a tree mask; returns the accepted new
-        tokens (accepted nodes + one token from the target), their node indices, the output."""
-        dev = self.target.device
-        m = len(nodes) + 1
-        allowed = torch.zeros(m, m, dtype=torch.bool, device=dev)
-        allowed[:, 0] = True
-        for r, node in enumerate(nodes, start=1):
-            allowed[r, r] = True
-            p = node.parent
-            while p >= 0:
-                allowed[r, 1 + p] = True
-                p = nodes[p].parent
-        dtype = self.target.dtype
-        mask = torch.zeros(1, 1, m, n + m, dtype=dtype, device=dev)
-        mask[..., n:].masked_fill_(~allowed, torch.finfo(dtype).min)
-        ids = torch.tensor([[pending, *(x.token for x in nodes)]], device=dev)
-        pos = torch.tensor([[n, *(n + x.depth for x in nodes)]], device=dev)
-        out = self.target.forward(ids, past=cache, position_ids=pos, attention_mask=mask)
-        logits = out.logits[0]
-        children: dict[int, list[int]] = {}
-        for i, node in enumerate(nodes):
-            children.setdefault(node.parent, []).append(i)
+    def _draft_tree_sampled(self, dk, dv, h_last, logits, n) -> list[DraftNode]:
+        temperature, _, gen = self._sampling
+        nodes, forwards = draft_tree_sampled(
+            self.draft, dk, dv, h_last, logits, n, max_depth=self.depth, topk=self.topk,
+            total_tokens=self.total_tokens, temperature=temperature, generator=gen,
+            device=self.target.device)
+        self.draft_forwards += forwards
+        return nodes
 
-        new, kept, at = [], [], -1  # at = current node (-1: root x_n); its logits row = at + 1
-        if self._sampling is None:
-            while True:
-                want = int(logits[at + 1].argmax())
-                nxt = next((c for c in children.get(at, []) if nodes[c].token == want), None)
-                new.append(want)
-                if nxt is None:
-                    return new, kept, out
-                kept.append(nxt)
-                at = nxt
-        # Multi-round speculative sampling (SpecInfer): try the children in order; accept x with
-        # min(1, p(x)/q(x)); after a rejection p becomes norm(max(p - q, 0)); if every child is
-        # rejected, draw from what is left of p.
-        temperature, top_p, gen = self._sampling
-        in_target: dict[int, torch.Tensor] = {}  # draft distribution -> over target ids
-        p = _sampling_probs(logits[0], temperature, top_p)
-        while True:
-            for c in children.get(at, []):
-                q_draft = nodes[c].q
-                q = in_target.get(id(q_draft))
-                if q is None:
-                    q = torch.zeros_like(p)
-                    q[self._draft_ids] = q_draft
-                    in_target[id(q_draft)] = q
-                tok = nodes[c].token
-                if float(torch.rand(1, generator=gen)) < min(1.0, float(p[tok] / q[tok])):
-                    new.append(tok)
-                    kept.append(c)
-                    at = c
-                    p = _sampling_probs(logits[at + 1], temperature, top_p)
-                    break
-                residual = (p - q).clamp_min(0)
-                total = residual.sum()
-                p = residual / total if total > 0 else p
-            else:
-                new.append(int(torch.multinomial(p.cpu(), 1, generator=gen)))
-                return new, kept, out
+    def _verify(self, nodes: list[DraftNode], pending: int, n: int, cache):
+        return verify(self.target, nodes, pending, n, cache, self._sampling,
+                      getattr(self, "_draft_ids", None))
+
+
+def decoder_for(target, draft=None, *, tree: bool = True, depth: int = 6, topk: int = 8,
+                total_tokens: int = 32, gamma: int = 5, blocks: int = 2, width: int = 2,
+                branch: int = 4, policy: str | None = None, bandit=None,
+                adaptive: bool = False) -> SpeculativeDecoder:
+    """The decoder a draft needs (`draft.decoder`), or plain decoding without one.
+
+    >>> decoder_for(target, load_draft("runs/draft", target), gamma=4).generate(ids, 128)
+    """
+    options = DecodeOptions(tree=tree, depth=depth, topk=topk, total_tokens=total_tokens,
+                            gamma=gamma, blocks=blocks, width=width, branch=branch,
+                            policy=policy, bandit=bandit, adaptive=adaptive)
+    if draft is None:
+        return SpeculativeDecoder.from_options(target, None, options)
+    return draft.decoder(target, options)

@@ -37,7 +37,7 @@ def measure_latency(target_config: dict, ks: Sequence[int], *, width: int = 1,
     """Median seconds of one draft forward for each k (same random weights below the head)."""
     import torch
 
-    from draftvocab.engine.draft import DraftConfig, Eagle3Draft
+    from draftvocab.engine.drafters import DraftConfig, Eagle3Draft
     from draftvocab.vocab.mapping import mapping_from_ids
 
     dtype = dtype or torch.float32

@@ -1,14 +1,15 @@
-"""Train an EAGLE-3 draft over a (trimmed) vocabulary with training-time test (TTT).
+"""Train a draft (any drafter: EAGLE-3, SpecBlock) over a (trimmed) vocabulary.
 
-Owns: conversations -> supervised token batches, the TTT forward and loss (soft targets = the
-target's distribution restricted to the draft vocabulary), the AdamW loop with warm-up + cosine
-schedule, and resumable checkpoints. It leaves the model to `draft.py` (whose docstring fixes the
-position/attention convention followed here) and the target to `target.py`.
+Owns: conversations -> supervised token batches, their labels (soft targets = the target's
+distribution restricted to the draft vocabulary, per step ahead), the AdamW loop with warm-up
++ cosine schedule, resuming, logging and held-out evaluation. It leaves the model, its forward
+and loss to the drafter (`drafters/`: `Drafter.training_loss`), the checkpoint files to
+`checkpoints.py` and the target to `target.py`.
 
 Target hidden states are computed on the fly, one forward per batch under no_grad, or read from
 a feature cache (`features.py`: fp16, memory-mapped, computed once for many epochs or a sweep).
-The draft's LM head runs only at the positions the loss looks at (`ttt_forward(rows=...)`): on
-chat data most positions are prompt, and the head is most of a draft step's cost. A held-out
+The draft's LM head runs only at the positions the loss looks at (`eagle3.ttt_forward(rows=...)`):
+on chat data most positions are prompt, and the head is most of a draft step's cost. A held-out
 acceptance measure (`acceptance.chain_tau`) can be logged during training.
 """
 
@@ -18,7 +19,6 @@ import hashlib
 import json
 import math
 import os
-import re
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -27,20 +27,16 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from draftvocab.core.atomic import atomic_directory, atomic_files
+from draftvocab.core.atomic import atomic_files
 from draftvocab.core.errors import DraftVocabError
-from draftvocab.engine.draft import DraftBase, DraftConfig, Eagle3Draft, write_draft_files
+from draftvocab.engine.checkpoints import latest_checkpoint, load_checkpoint, save_checkpoint
+from draftvocab.engine.drafters import DRAFTERS, build_draft
+from draftvocab.engine.drafters.base import Drafter, write_draft_files
+from draftvocab.engine.labels import kept_targets, ttt_targets
 
-CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
-STATE_JSON = "trainer_state.json"
-STATE_TENSORS = "trainer_state.safetensors"
 LOG_NAME = "train_log.json"
 DTYPES = ("fp32", "bf16")  # bf16: torch.autocast around the draft
-DRAFTERS = ("eagle3", "specblock")
-SPECBLOCK_FIELDS = ("drafter", "block_size", "draft_layers", "shift", "inherit", "rank_head",
-                    "valid_prefix", "rank_weight")
 
 
 @dataclass
@@ -60,7 +56,7 @@ class TrainConfig:
     dtype: str = "fp32"  # fp32 | bf16 (torch.autocast)
     save_every: int = 0  # 0: only the final draft
     seed: int = 0
-    # SpecBlock (drafter="specblock"; specblock.py). ttt_steps is EAGLE-3's only.
+    # SpecBlock (drafter="specblock"; drafters/specblock.py). ttt_steps is EAGLE-3's only.
     drafter: str = "eagle3"  # eagle3 | specblock
     block_size: int = 4
     draft_layers: int = 2
@@ -193,160 +189,7 @@ def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
     return torch.randperm(n, generator=g).tolist()
 
 
-# --- the draft -----------------------------------------------------------------------------------
-
-
-def build_draft(target, d2t: torch.Tensor | None = None, t2d: torch.Tensor | None = None,
-                seed: int = 0, config: TrainConfig | None = None) -> DraftBase:
-    """A fresh draft for `target`; k = len(d2t), or the full vocabulary without a mapping;
-    EAGLE-3 unless `config.drafter` says specblock.
-
-    lm_head starts as the target's LM-head rows of the kept ids and the final norm as the
-    target's final norm: the draft's hidden states live in the target's space, so this is a
-    good, standard start. Everything else uses PyTorch's default init under `seed`.
-    """
-    k = int(d2t.numel()) if d2t is not None else target.vocab_size
-    dc = DraftConfig.for_target(target, k)
-    torch.manual_seed(seed)
-    embed = target.model.get_input_embeddings()
-    if config is not None and config.drafter == "specblock":
-        from draftvocab.engine.specblock import SpecBlockConfig, SpecBlockDraft
-
-        dc = SpecBlockConfig(**asdict(dc), block_size=config.block_size,
-                             num_layers=config.draft_layers, shift=config.shift,
-                             inherit=config.inherit, rank_head=config.rank_head)
-        draft = SpecBlockDraft(dc, embed, d2t, t2d)
-    else:
-        draft = Eagle3Draft(dc, embed, d2t, t2d)
-    kept = draft.to_target_ids(torch.arange(k))
-    head = target.model.get_output_embeddings()
-    with torch.no_grad():
-        if head is not None and head.weight.shape == (target.vocab_size, dc.hidden_size):
-            draft.lm_head.weight.copy_(head.weight[kept].float())
-        norm = getattr(getattr(target.model, "model", None), "norm", None)
-        weight = getattr(norm, "weight", None)
-        if weight is not None and weight.shape == draft.norm.weight.shape:
-            draft.norm.weight.copy_(weight.float())
-    return draft.float().to(target.device)
-
-
-# --- training-time test --------------------------------------------------------------------------
-
-
-def _shift(x: torch.Tensor, n: int, fill) -> torch.Tensor:
-    """x[:, n:] padded back to x's length with `fill` (along dim 1)."""
-    if n == 0:
-        return x
-    pad = x.new_full((x.shape[0], min(n, x.shape[1]), *x.shape[2:]), fill)
-    return torch.cat([x[:, n:], pad], dim=1)
-
-
-def ttt_mask(lengths: torch.Tensor, t: int, step: int) -> torch.Tensor:
-    """Bool [B, 1, T, (step+1)T]: block 0 causal over real keys, blocks 1..step diagonal."""
-    pos = torch.arange(t, device=lengths.device)
-    causal = (pos[None, :] <= pos[:, None])[None] & (pos[None, None, :] + 1 < lengths[:, None,
-                                                                                     None])
-    diag = torch.eye(t, dtype=torch.bool, device=lengths.device).expand(len(lengths), t, t)
-    return torch.cat([causal] + [diag] * step, dim=2)[:, None]
-
-
-def ttt_forward(draft: Eagle3Draft, target_hidden: torch.Tensor, ids: torch.Tensor,
-                lengths: torch.Tensor, steps: int,
-                rows: Sequence[torch.Tensor] | None = None) -> list[torch.Tensor]:
-    """Draft logits [B, T, k] of each TTT step; step j at t predicts token t+2+j. With
-    `rows` (per step a bool [B, T], e.g. the loss masks), step j's logits are only those
-    positions', [n_j, k].
-
-    Step j at position t: hidden = fuse(target_hidden[t]) (j = 0) or step j-1's output at t,
-    input token ids[t+1+j], rotary position t+j, keys = step 0's at positions <= t plus steps
-    1..j's at t itself (draft.py's convention, the same rule as chain drafting).
-    """
-    b, t = ids.shape
-    positions = torch.arange(t, device=ids.device).expand(b, t)
-    hidden = draft.fuse(target_hidden)
-    past_k = past_v = None
-    logits = []
-    for j in range(steps):
-        select = {} if rows is None else {"rows": rows[j]}
-        out, hidden, k, v = draft.step(hidden, _shift(ids, 1 + j, 0), positions + j,
-                                       past_k, past_v, ttt_mask(lengths, t, j), **select)
-        past_k = k if past_k is None else torch.cat([past_k, k], dim=2)
-        past_v = v if past_v is None else torch.cat([past_v, v], dim=2)
-        logits.append(out)
-    return logits
-
-
-@dataclass
-class TTTTargets:
-    """Labels for the TTT steps. Step j at draft position t is scored against row t+1+j of
-    `probs` and `argmax`, under `masks[j][:, t]`."""
-
-    probs: torch.Tensor  # [B, T, k]: the target distribution over the kept ids at each position
-    argmax: torch.Tensor  # [B, T]: the target's argmax as a draft id, -1 outside the vocabulary
-    masks: list[torch.Tensor]  # per step j: bool [B, T] over draft positions t
-
-
-def ttt_targets(target_logits: torch.Tensor, batch: Batch, t2d: torch.Tensor,
-                steps: int) -> TTTTargets:
-    """Labels of step j at t: the target distribution at t+1+j over the kept ids (ascending =
-    draft id order). Mask: token t+2+j is supervised and inside the sequence, and the target's
-    argmax at t+1+j is in the draft vocabulary."""
-    t2d = t2d.to(target_logits.device)
-    kept = torch.nonzero(t2d).flatten()
-    restricted = target_logits if len(kept) == len(t2d) else target_logits[..., kept]
-    return kept_targets(restricted, target_logits.argmax(-1), batch, t2d, steps)
-
-
-def kept_targets(kept_logits: torch.Tensor, argmax: torch.Tensor, batch: Batch,
-                 t2d: torch.Tensor, steps: int) -> TTTTargets:
-    """`ttt_targets` from the logits over the kept ids [B, T, k] and the target's argmax over
-    all ids [B, T] (what a feature cache holds)."""
-    kept = torch.nonzero(t2d).flatten()
-    draft_id = torch.full(t2d.shape, -1, dtype=torch.long, device=t2d.device)
-    draft_id[kept] = torch.arange(len(kept), device=t2d.device)
-    probs = torch.softmax(kept_logits.float(), dim=-1)
-    top = draft_id[argmax]  # [B, T]
-    pos = torch.arange(batch.ids.shape[1], device=batch.ids.device)
-    masks = []
-    for j in range(steps):
-        inside = pos[None, :] + 2 + j < batch.lengths[:, None]
-        masks.append(_shift(batch.supervised, 2 + j, False) & inside
-                     & (_shift(top, 1 + j, -1) >= 0))
-    return TTTTargets(probs, top, masks)
-
-
-def ttt_loss(step_logits: list[torch.Tensor], labels: TTTTargets, step_decay: float
-             ) -> tuple[torch.Tensor, list[float], list[int], list[int]]:
-    """Sum over steps of step_decay**j * the masked mean soft cross-entropy (= KL to the
-    target's restricted distribution up to a constant). Step logits are [B, T, k], or [n_j, k]
-    at the positions of `labels.masks[j]` (`ttt_forward(..., rows=labels.masks)`).
-
-    Returns the loss, each step's loss, and each step's correct / counted positions (top-1:
-    draft argmax == target argmax, over the loss mask).
-    """
-    total = step_logits[0].new_zeros((), dtype=torch.float32)
-    losses, correct, counted = [], [], []
-    for j, logits in enumerate(step_logits):
-        mask = labels.masks[j]  # over draft positions t; label row t+1+j
-        n = int(mask.sum())
-        if n == 0:
-            losses.append(0.0)
-            correct.append(0)
-            counted.append(0)
-            continue
-        rows = torch.nonzero(mask, as_tuple=True)
-        label_rows = (rows[0], rows[1] + 1 + j)
-        picked = logits if logits.dim() == 2 else logits[rows]
-        logp = F.log_softmax(picked.float(), dim=-1)
-        step_loss = -(labels.probs[label_rows] * logp).sum(-1).mean()
-        total = total + step_decay**j * step_loss
-        losses.append(float(step_loss.detach()))
-        correct.append(int((picked.detach().argmax(-1) == labels.argmax[label_rows]).sum()))
-        counted.append(n)
-    return total, losses, correct, counted
-
-
-# --- schedule, checkpoints -----------------------------------------------------------------------
+# --- schedule ----------------------------------------------------------------------------------
 
 
 def lr_at(step: int, total: int, warmup: int, peak: float) -> float:
@@ -355,32 +198,6 @@ def lr_at(step: int, total: int, warmup: int, peak: float) -> float:
         return peak * (step + 1) / warmup
     progress = (step - warmup) / max(1, total - warmup)
     return peak * 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
-
-
-def latest_checkpoint(out: str | os.PathLike) -> Path | None:
-    out = Path(out)
-    if not out.is_dir():
-        return None
-    found = [(int(m.group(1)), p) for p in out.iterdir()
-             if (m := CHECKPOINT_RE.match(p.name)) and (p / STATE_JSON).is_file()]
-    return max(found)[1] if found else None
-
-
-def _optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
-    sd = opt.state_dict()
-    tensors = {f"optimizer.{i}.{name}": v.detach().cpu().contiguous()
-               for i, s in sd["state"].items() for name, v in s.items()}
-    return tensors, {"param_groups": sd["param_groups"]}
-
-
-def _load_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor],
-                    meta: dict) -> None:
-    state: dict[int, dict[str, torch.Tensor]] = {}
-    for key, value in tensors.items():
-        if key.startswith("optimizer."):
-            _, i, name = key.split(".", 2)
-            state.setdefault(int(i), {})[name] = value
-    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
 
 
 def _fingerprint(examples: Sequence[Example], d2t: torch.Tensor) -> str:
@@ -392,63 +209,8 @@ def _fingerprint(examples: Sequence[Example], d2t: torch.Tensor) -> str:
     return h.hexdigest()[:16]
 
 
-def save_checkpoint(path: Path, draft: DraftBase, opt: torch.optim.Optimizer,
-                    state: dict[str, Any]) -> Path:
-    """checkpoint-<step>/: the draft (save_draft) + trainer_state.{json,safetensors}."""
-    from safetensors.torch import save_file
-
-    tensors, opt_meta = _optimizer_tensors(opt)
-    tensors["rng.torch"] = torch.get_rng_state()
-    with atomic_directory(path) as tmp:
-        write_draft_files(draft, tmp)
-        save_file(tensors, str(tmp / STATE_TENSORS), metadata={"format": "pt"})
-        (tmp / STATE_JSON).write_text(json.dumps({**state, "optimizer": opt_meta}, indent=1))
-    return path
-
-
-def _load_checkpoint(path: Path, draft: DraftBase, opt: torch.optim.Optimizer
-                     ) -> dict[str, Any]:
-    from safetensors.torch import load_file
-
-    try:
-        state = json.loads((path / STATE_JSON).read_text())
-        tensors = load_file(str(path / STATE_TENSORS))
-        weights = load_file(str(path / "model.safetensors"))
-        draft.load_state_dict({k: v.to(draft.d2t.device) for k, v in weights.items()})
-        _load_optimizer(opt, tensors, state["optimizer"])
-    except (OSError, ValueError, KeyError, RuntimeError) as exc:
-        raise DraftVocabError(f"cannot resume from {path}: {exc}") from None
-    torch.set_rng_state(tensors["rng.torch"])
-    return state
-
-
 # --- the loop ------------------------------------------------------------------------------------
 
-
-def _label_steps(config: TrainConfig) -> int:
-    """Label rows needed: TTT steps, or two SpecBlock blocks (block 2 reaches row 2K-1)."""
-    return config.ttt_steps if config.drafter == "eagle3" else 2 * config.block_size
-
-
-def _objective(draft, hidden, batch, labels, config: TrainConfig, step: int, autocast
-               ) -> tuple[torch.Tensor, dict[str, Any]]:
-    """The drafter's forward + loss; returns the loss and its log fields."""
-    if config.drafter == "specblock":
-        from draftvocab.engine.specblock import block_forward, block_loss
-
-        j = step % config.block_size  # block 2's anchor row: every row in turn, resumable
-        with autocast:
-            rows = block_forward(draft, hidden, batch.ids, batch.lengths, j)
-        loss, fields = block_loss(draft, rows, labels, batch, step_decay=config.step_decay,
-                                  valid_prefix=config.valid_prefix,
-                                  rank_weight=config.rank_weight, inherit_from=j)
-        return loss, {**fields, "inherit_from": j}
-    with autocast:
-        step_logits = ttt_forward(draft, hidden, batch.ids, batch.lengths, config.ttt_steps,
-                                  rows=labels.masks)
-    loss, losses, correct, counted = ttt_loss(step_logits, labels, config.step_decay)
-    return loss, {"step_loss": losses, "positions": counted[0],
-                  "acc": [c / n if n else None for c, n in zip(correct, counted, strict=True)]}
 
 Progress = Callable[[int, int, dict[str, Any]], None]
 
@@ -458,7 +220,7 @@ def train_draft(target, examples: Sequence[Example], out: str | os.PathLike, *,
                 config: TrainConfig | None = None, resume: bool = False,
                 skipped: dict[str, int] | None = None,
                 progress: Progress | None = None, features=None,
-                heldout: Callable[[DraftBase], dict] | None = None,
+                heldout: Callable[[Drafter], dict] | None = None,
                 eval_every: int | None = None) -> TrainResult:
     """Train a draft on `examples` and write it to `out/` (config.json + model.safetensors),
     with `out/train_log.json` and, every `save_every` steps, `out/checkpoint-<step>/`.
@@ -495,16 +257,15 @@ def train_draft(target, examples: Sequence[Example], out: str | os.PathLike, *,
         if len(features) != len(examples):
             raise DraftVocabError("the feature cache does not hold these examples")
         identity["features"] = "fp16-cache"
-    if config.drafter == "eagle3":  # checkpoints from before SpecBlock existed still resume
-        for name in SPECBLOCK_FIELDS:
-            identity.pop(name)
+    for name in draft.identity_omits:
+        identity.pop(name)
     step, log, evals, resumed_from = 0, [], [], None
     checkpoint = latest_checkpoint(out)
     if checkpoint is not None and not resume:
         raise DraftVocabError(f"{out} already holds checkpoints ({checkpoint.name}); pass "
                               "--resume to continue, or choose another --out")
     if resume and checkpoint is not None:
-        state = _load_checkpoint(checkpoint, draft, opt)
+        state = load_checkpoint(checkpoint, draft, opt)
         differ = sorted(k for k, v in identity.items() if state["identity"].get(k) != v)
         if differ:
             diffs = ", ".join(f"{k} {state['identity'].get(k)!r} -> {identity[k]!r}"
@@ -543,17 +304,17 @@ def train_draft(target, examples: Sequence[Example], out: str | os.PathLike, *,
 
             hidden, final, argmax = features.batch(picked, batch.ids.shape[1], target.device)
             labels = kept_targets(kept_logits(target, final, kept), argmax, batch, t2d_dev,
-                                  _label_steps(config))
+                                  draft.label_steps(config))
             del final
         else:
             target_out = target.forward(batch.ids, use_cache=False)
-            labels = ttt_targets(target_out.logits, batch, t2d_dev, _label_steps(config))
+            labels = ttt_targets(target_out.logits, batch, t2d_dev, draft.label_steps(config))
             hidden = target_out.hidden.float()
             del target_out
         lr = lr_at(step, total, warmup, config.lr)
         for group in opt.param_groups:
             group["lr"] = lr
-        loss, fields = _objective(draft, hidden, batch, labels, config, step, autocast)
+        loss, fields = draft.training_loss(hidden, batch, labels, config, step, autocast)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(draft.parameters(), config.grad_clip)

@@ -90,7 +90,7 @@ def import_draft(path: str | os.PathLike, out: str | os.PathLike, *,
     the checkpoint's d2t/t2d (SpecForge keeps them in a separate vocab_mapping.pt too)."""
     import torch
 
-    from draftvocab.engine.draft import DraftConfig, check_mapping
+    from draftvocab.engine.drafters import DraftConfig, check_mapping
     from draftvocab.vocab.mapping import load_mapping
 
     path = Path(path)
@@ -172,10 +172,10 @@ def _torch_bytes(obj: Any) -> bytes:
 
 
 def _load_ours(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
-    from draftvocab.engine.draft import check_mapping, read_config, read_state, require_eagle3
+    from draftvocab.engine.drafters import check_mapping, read_config, read_state
 
     config = read_config(path)
-    require_eagle3(config, "exporting or retrofitting")
+    config.check_servable("exporting or retrofitting")
     state = read_state(path, config)
     check_mapping(state["d2t"], state["t2d"], config.draft_vocab_size, config.vocab_size)
     return config.to_hf(), state
@@ -213,7 +213,7 @@ def export_specforge(source, out, *, target_config: dict[str, Any] | None = None
             raise DraftVocabError("exporting a mapping to SpecForge needs the target's config "
                                   "(--preset or --config)")
         from draftvocab.core.assets import config_vocab_size
-        from draftvocab.engine.draft import DraftConfig
+        from draftvocab.engine.drafters import DraftConfig
 
         m = load_mapping(source, vocab_size=config_vocab_size(target_config))
         d2t, t2d = torch.from_numpy(m.d2t.copy()), torch.from_numpy(m.t2d.copy())

@@ -1,17 +1,15 @@
-"""Token frequencies over supervised (assistant) tokens, and the counts artefact.
+"""Token frequencies over supervised (assistant) tokens: the counting pipeline on one machine.
 
-Owns the counting pipeline (render -> batch-encode -> mask -> bincount) and the on-disk format:
-one `.safetensors` file holding `counts` (int64[V], V = the target config's vocab_size) and a JSON
-metadata string saying exactly what was counted (tokenizer and template hashes, dataset
-fingerprint, sample and token counts, skip reasons). No timestamps: counting the same input twice
-gives byte-identical files. Reading datasets and finding spans are left to `conversations` and
-`spans`.
+Owns render -> batch-encode -> mask -> bincount, spread over a fork-based process pool with at
+most two batches per worker in flight (memory stays flat however long the stream), and the
+per-conversation variants (`iter_supervised`, `count_by_group`). The artefact and its metadata
+are `token_counts.py`'s (re-exported here); reading datasets and finding spans are left to
+`chat.conversations` and `chat.spans`; counting on a Ray cluster is `scaleout.py`'s.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import multiprocessing
 import os
 from collections import Counter
@@ -20,122 +18,17 @@ from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, as_
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from itertools import islice
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from draftvocab import __version__
 from draftvocab.chat.spans import ChatSpans, SpanError
 from draftvocab.core import interrupts
-from draftvocab.core.assets import sha256_text, tokenizer_fingerprint
-from draftvocab.core.atomic import atomic_write
 from draftvocab.core.errors import DraftVocabError
+from draftvocab.vocab.token_counts import FORMAT, TokenCounts, finish_counts, merge_counts
 
-FORMAT = "draftvocab.vocab.counts/1"
-
-
-@dataclass
-class TokenCounts:
-    """Supervised-token frequencies `counts[token_id]` and what they were counted from."""
-
-    counts: np.ndarray
-    metadata: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def vocab_size(self) -> int:
-        return int(self.counts.shape[0])
-
-    @property
-    def total(self) -> int:
-        return int(self.counts.sum())
-
-    def token_strings(self, ids) -> list[str | None]:
-        """The tokenizer's strings of `ids`, as recorded when counting (None for an id never
-        counted, or a file from before strings were recorded)."""
-        table = self.metadata.get("tokens") or {}
-        return [table.get(str(int(i))) for i in ids]
-
-    def save(self, path: str | os.PathLike) -> Path:
-        from safetensors.numpy import save
-
-        meta = {**self.metadata, "format": FORMAT, "vocab_size": self.vocab_size}
-        blob = save({"counts": np.ascontiguousarray(self.counts, dtype=np.int64)},
-                    metadata={"draftvocab": json.dumps(meta, sort_keys=True)})
-        return atomic_write(path, blob)
-
-    @classmethod
-    def load(cls, path: str | os.PathLike) -> TokenCounts:
-        from safetensors import SafetensorError, safe_open
-
-        path = Path(path)
-        if not path.is_file():
-            raise DraftVocabError(f"no such counts file: {path}")
-        try:
-            with safe_open(str(path), framework="numpy") as f:
-                raw = (f.metadata() or {}).get("draftvocab")
-                counts = f.get_tensor("counts") if "counts" in f.keys() else None  # noqa: SIM118
-        except (SafetensorError, OSError, ValueError) as exc:
-            raise DraftVocabError(f"{path} is not a safetensors file: {exc}") from None
-        if raw is None or counts is None:
-            raise DraftVocabError(f"{path} is not a draftvocab counts file")
-        try:
-            meta = json.loads(raw)
-        except json.JSONDecodeError:
-            meta = None
-        if not isinstance(meta, dict):
-            raise DraftVocabError(f"{path}: the draftvocab metadata is not a JSON object")
-        if meta.get("format") != FORMAT or counts.dtype != np.int64 or counts.ndim != 1:
-            raise DraftVocabError(f"{path}: unsupported counts format {meta.get('format')}")
-        return cls(counts=counts, metadata=meta)
-
-
-def _rule(meta: dict) -> dict:
-    """The supervision rule of a counts file; files from before the rule existed counted
-    assistant content (+ end-of-turn token) of every assistant turn."""
-    return {"supervise": meta.get("supervise", "content"),
-            "leading_assistant": meta.get("leading_assistant", "keep"),
-            "include_eot": meta.get("include_eot")}
-
-
-def merge_counts(parts: Iterable[TokenCounts]) -> TokenCounts:
-    """Sum counts from several shards counted with the same tokenizer, template, rule and V."""
-    parts = list(parts)
-    if not parts:
-        raise DraftVocabError("nothing to merge")
-    keys = ("vocab_size", "tokenizer", "chat_template", "supervise", "leading_assistant",
-            "include_eot")
-    first = parts[0]
-
-    def value(p: TokenCounts, k: str):
-        return p.vocab_size if k == "vocab_size" else {**p.metadata, **_rule(p.metadata)}.get(k)
-
-    for p in parts[1:]:
-        for k in keys:
-            if value(first, k) != value(p, k):
-                raise DraftVocabError(f"cannot merge counts with different {k}: "
-                                      f"{value(first, k)} vs {value(p, k)}")
-    meta = {k: value(first, k) for k in keys if k != "vocab_size"}
-    meta["template_kwargs"] = first.metadata.get("template_kwargs")
-    meta.update(
-        datasets=[d for p in parts for d in p.metadata.get("datasets", [])],
-        conversations=sum(p.metadata.get("conversations", 0) for p in parts),
-        supervised_tokens=sum(p.metadata.get("supervised_tokens", 0) for p in parts),
-        draftvocab_version=__version__,
-    )
-    for k in ("skipped", "left_out", "turn_notes", "dropped_fields"):
-        total: Counter[str] = Counter()
-        for p in parts:
-            total.update(p.metadata.get(k) or {})
-        meta[k] = dict(sorted(total.items()))
-    tokens = {}
-    for p in parts:
-        tokens.update(p.metadata.get("tokens") or {})
-    if tokens:
-        meta["tokens"] = dict(sorted(tokens.items(), key=lambda kv: int(kv[0])))
-    counts = np.sum([p.counts for p in parts], axis=0, dtype=np.int64)
-    return TokenCounts(counts=counts, metadata=meta)
-
+__all__ = ["FORMAT", "TokenCounts", "check_ids", "count_by_group", "count_tokens",
+           "finish_counts", "iter_supervised", "merge_counts", "worker_pool"]
 
 # --- counting pipeline -------------------------------------------------------------------------
 
@@ -372,41 +265,3 @@ def count_tokens(
     extra["dropped_fields"] = getattr(read, "dropped_fields", None) or {}
     return finish_counts(counts, spans, conversations_counted, skipped,
                          [dataset_fingerprint] if dataset_fingerprint else [], extra)
-
-
-def finish_counts(counts: np.ndarray, spans: ChatSpans, conversations: int, skipped: Counter,
-                  datasets: list[dict[str, Any]],
-                  extra: dict[str, Any] | None = None) -> TokenCounts:
-    """The counts artefact with its metadata (tokenizer and template identity, the rule and
-    template arguments, inputs, skips, left-out turns), whichever engine counted. It carries
-    the token strings of every counted id, so `optimize --counts` needs no tokenizer."""
-    extra = extra or {}
-    if conversations == 0:
-        reasons = ", ".join(f"{k}={v}" for k, v in sorted(skipped.items())) or "no records"
-        examples = {k: v[1] if isinstance(v, tuple) else v
-                    for k, v in extra.get("skipped_examples", {}).items()}
-        first = "; ".join(f"{k}: {v}" for k, v in sorted(examples.items()))
-        raise DraftVocabError(f"no usable conversations to count ({reasons})"
-                              + (f"; first: {first}" if first else ""))
-    tok = spans.tokenizer
-    seen = np.flatnonzero(counts)
-    n_tok = len(tok)
-    strings = tok.convert_ids_to_tokens([int(i) for i in seen if i < n_tok])
-    metadata = {
-        "tokenizer": tokenizer_fingerprint(tok),
-        "chat_template": {"sha256": sha256_text(tok.chat_template)},
-        "template_kwargs": spans.template_kwargs,
-        **spans.rule,
-        "datasets": datasets,
-        "conversations": conversations,
-        "supervised_tokens": int(counts.sum()),
-        "skipped": dict(sorted(skipped.items())),
-        "skipped_examples": {k: v[1] if isinstance(v, tuple) else v
-                             for k, v in sorted(extra.get("skipped_examples", {}).items())},
-        "left_out": dict(sorted(extra.get("left_out", {}).items())),
-        "turn_notes": dict(sorted(extra.get("turn_notes", {}).items())),
-        "dropped_fields": dict(sorted(extra.get("dropped_fields", {}).items())),
-        "tokens": {str(int(i)): t for i, t in zip(seen, strings)},
-        "draftvocab_version": __version__,
-    }
-    return TokenCounts(counts=counts, metadata=metadata)

@@ -70,6 +70,17 @@ def _check_unit(name: str, value: float) -> float:
     return value
 
 
+def check_weights(alpha: float, c_min: float) -> tuple[float, float]:
+    """(alpha, c_min) as floats, or a one-line error if either lies outside [0, 1]: callers
+    check the utility's parameters before any counting.
+
+    Example:
+        >>> check_weights(0.5, 0.9)
+        (0.5, 0.9)
+    """
+    return _check_unit("alpha", alpha), _check_unit("c_min", c_min)
+
+
 def utility_curve(
     coverage: np.ndarray, reduction: np.ndarray, alpha: float, c_min: float
 ) -> np.ndarray:
@@ -79,8 +90,7 @@ def utility_curve(
         >>> utility_curve(np.array([0.5, 1.0]), np.array([0.6, 0.0]), 0.5, 0.9)
         array([-1. ,  0.5])
     """
-    alpha = _check_unit("alpha", alpha)
-    c_min = _check_unit("c_min", c_min)
+    alpha, c_min = check_weights(alpha, c_min)
     coverage = np.asarray(coverage, dtype=np.float64)
     reduction = np.asarray(reduction, dtype=np.float64)
     if coverage.shape != reduction.shape:

@@ -5,7 +5,8 @@ Ray Data on a cluster (`pip install 'draftvocab[ray]'`).
 Both run the same batch function as the built-in counter — records → messages → assistant
 spans → supervised ids — and ship back only a sparse (id, count) pair per batch, so the driver
 holds one int64[V] vector however large the data. The result is the same `TokenCounts`
-artefact as `count_tokens`, token for token (tested on the same data).
+artefact as `count_tokens`, token for token (tested on the same data). Reading records is
+`chat`'s; the batch function and worker pool are `counts.py`'s, the artefact `token_counts.py`'s.
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ from draftvocab.chat.conversations import Conversation
 from draftvocab.chat.messages import DEFAULT_ROLES, ColumnMap, checked_role_map, record_to_chat
 from draftvocab.chat.spans import ChatSpans
 from draftvocab.core.errors import DraftVocabError
-from draftvocab.vocab.counts import TokenCounts, _count_batch, check_ids, finish_counts, worker_pool
+from draftvocab.vocab.counts import _count_batch, check_ids, worker_pool
+from draftvocab.vocab.token_counts import TokenCounts, finish_counts
 
 ENGINES = ("datasets", "ray")
 
