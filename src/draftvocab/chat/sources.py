@@ -29,6 +29,13 @@ _SKIP_HINT = "use --skip-bad-lines to skip and count such lines"
 _TAIL_HINT = "use --skip-bad-lines to stop there and count it"
 
 
+
+def count_by_reading(unit, stats: ReadStats, skip: bool) -> tuple[int, bool]:
+    """Records of a unit counted by reading them all, and whether none was bad."""
+    bad_before = sum(stats.skipped.values())
+    n = sum(1 for _ in unit.records(stats, skip))
+    return n, sum(stats.skipped.values()) == bad_before
+
 @dataclass
 class ReadStats:
     """What one pass over the input read and why records were left out.
@@ -119,9 +126,7 @@ class FileUnit:
         """Number of records, and whether the file had no bad lines (lets pass 2 skip parsing)."""
         if self.kind == ".parquet":
             return _parquet_file(self).metadata.num_rows, True
-        bad_before = sum(stats.skipped.values())
-        n = sum(1 for _ in self.records(stats, skip))
-        return n, sum(stats.skipped.values()) == bad_before
+        return count_by_reading(self, stats, skip)
 
     def records(
         self, stats: ReadStats, skip: bool, wanted: list[int] | None = None, clean: bool = False
@@ -312,9 +317,7 @@ class ObjectUnit:
             )
         if self.kind == "dataset":
             return len(self.obj), True
-        bad_before = sum(stats.skipped.values())
-        n = sum(1 for _ in self.records(stats, skip))
-        return n, sum(stats.skipped.values()) == bad_before
+        return count_by_reading(self, stats, skip)
 
     def records(
         self, stats: ReadStats, skip: bool, wanted: list[int] | None = None, clean: bool = False
