@@ -3,7 +3,7 @@
 It installs the interrupt handler before anything heavy is imported, so that Ctrl-C or SIGTERM
 at any moment — importing, working, cleaning up — ends the process with one line and exit
 code 130, never a traceback and never a success; one that comes after the command is over
-changes nothing. Everything else is `cli.py`.
+changes nothing. Everything else is the `cli` package.
 """
 
 from __future__ import annotations
