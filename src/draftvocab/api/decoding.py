@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from draftvocab.api.inputs import Progress
+from draftvocab.api.inputs import Progress, quiet
 from draftvocab.core.errors import DraftVocabError
 
 if TYPE_CHECKING:
@@ -23,10 +23,6 @@ if TYPE_CHECKING:
 
 DEFAULT_TARGET = "smollm2-135m"
 PEERS = {"hf-generate", "prompt-lookup"}  # other libraries' decoding, run beside ours by bench
-
-
-def _quiet(stage: str, advance: int, total: int | None = None, tokens: int = 0) -> None:
-    """The `Progress` callback of a caller who asked for none."""
 
 
 def build_decoder(target, draft_dir: str | Path | None, options: DecodeOptions | None = None):
@@ -228,7 +224,7 @@ def bench(*, drafts: Sequence[str] = (), adaptive_drafts: Sequence[str] = (),
         tgt = _load(target or DEFAULT_TARGET, [p for _, p in specs])
         variants = _variants(tgt, specs, set(dict(adaptive)), adaptive_gamma, peer_names,
                              prompt_lookup_tokens, decoding)
-    progress = progress or _quiet
+    progress = progress or quiet
     progress("benchmark", 0, runs * sum(len(q.turns) for q in qs))
     report = run_benchmark(tgt, variants, qs, max_new_tokens=max_new_tokens, runs=runs,
                            progress=lambda n: progress("benchmark", n), endpoints=servers)

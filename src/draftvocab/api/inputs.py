@@ -26,8 +26,8 @@ class Progress(Protocol):
                  tokens: int = 0) -> None: ...
 
 
-def _quiet(stage: str, advance: int, total: int | None = None, tokens: int = 0) -> None:
-    return None
+def quiet(stage: str, advance: int, total: int | None = None, tokens: int = 0) -> None:
+    """The `Progress` callback of a caller who asked for none."""
 
 
 @dataclass
@@ -108,7 +108,7 @@ class Progressing:
     """Iterate conversations, reporting one unit of `stage` per record."""
 
     def __init__(self, it: Iterable, progress: Progress | None, stage: str = "counting"):
-        self.it, self.progress, self.stage = it, progress or _quiet, stage
+        self.it, self.progress, self.stage = it, progress or quiet, stage
 
     def __iter__(self) -> Iterator:
         for x in self.it:
@@ -126,7 +126,7 @@ def count_data(s: Setup, *, max_samples: int | None = None, seed: int = 0,
     from draftvocab.chat.conversations import ColumnMap, parse_role_map, read_conversations
     from draftvocab.vocab.counts import count_tokens, merge_counts
 
-    progress = progress or _quiet
+    progress = progress or quiet
     vocab = s.vocab_size
     spans = chat_spans(s, include_eot=include_eot, supervise=supervise, leading=leading)
     parts = []
@@ -173,7 +173,7 @@ def count_on_engine(s: Setup, engine: str, *, columns: str | None = None,
     spans = chat_spans(s, include_eot=include_eot, supervise=supervise, leading=leading)
     kwargs = {"columns": ColumnMap.parse(columns) if columns else None,
               "role_map": parse_role_map(role_map) if role_map else None}
-    (progress or _quiet)(f"counting on {engine}", 0, 0)
+    (progress or quiet)(f"counting on {engine}", 0, 0)
     if engine == "datasets":
         return count_with_datasets(files, spans, vocab, num_proc=workers, **kwargs)
     return count_with_ray(files, spans, vocab, address=os.environ.get("RAY_ADDRESS"), **kwargs)
@@ -277,7 +277,7 @@ def eval_counts(v: Vocabulary, data: list[str] | None, group_by: str | None = No
     for source in s.data:
         reader = read_conversations(source, columns=ColumnMap(group=group_by) if group_by else None,
                                     skip_bad_lines=s.skip_bad_lines)
-        (progress or _quiet)("counting", 0)
+        (progress or quiet)("counting", 0)
         found = count_by_group(Progressing(reader, progress), spans, vocab, workers=workers)
         for name, c in found.items():
             key = name if group_by else Path(source).stem

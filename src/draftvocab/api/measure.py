@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from draftvocab.api.decoding import DEFAULT_TARGET, _quiet
-from draftvocab.api.inputs import Progress, numbers, setup
+from draftvocab.api.decoding import DEFAULT_TARGET
+from draftvocab.api.inputs import Progress, numbers, quiet, setup
 from draftvocab.core.errors import DraftVocabError
 
 
@@ -80,7 +80,7 @@ def latency(*, preset: str | None = None, config: str | Path | None = None,
         raise DraftVocabError(f"--ks must be draft vocabulary sizes in [1, V={f.vocab_size:,}]")
     if round_k is not None and not 1 <= round_k <= f.vocab_size:
         raise DraftVocabError(f"--round must be in [1, V={f.vocab_size:,}], got {round_k}")
-    progress = progress or _quiet
+    progress = progress or quiet
     progress("timing draft forwards", 0, len(grid))
     result = measure_latency(s.config, grid, width=width, prefix=prefix, repeats=repeats,
                              device=device, progress=lambda n: progress("timing draft forwards",
@@ -163,7 +163,7 @@ def calibrate(draft: str | Path, *, target: str | Path = DEFAULT_TARGET, gamma: 
     lengths, verify, forwards, plain_s, plain_tok, prefill = [], 0.0, 0, 0.0, 0, 0.0
     plain = SpeculativeDecoder(tgt)
     qs = load_questions(per_category=per_category, turns=1)
-    progress = progress or _quiet
+    progress = progress or quiet
     progress("calibrating", 0, len(qs))
     for q in qs:
         ids = tgt.prompt_ids([{"role": "user", "content": q.turns[0]}])

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from draftvocab.api.decoding import _quiet, open_endpoint
-from draftvocab.api.inputs import Progress
+from draftvocab.api.decoding import open_endpoint
+from draftvocab.api.inputs import Progress, quiet
 from draftvocab.core.errors import DraftVocabError
 
 
@@ -98,7 +98,7 @@ def regenerate(data: str | Path | None = None, *, out: str | Path, target: str |
     )
     kwargs = {**(preset.template_kwargs if (target or DEFAULT_TARGET) in PRESETS else {}),
               **extra_kwargs}
-    report = (lambda n, t: progress("regenerating", n, tokens=t)) if progress else None
+    report = (lambda n, t: progress("regenerating", n, max_samples, tokens=t)) if progress else None
     options = {"max_new_tokens": max_new_tokens, "temperature": temperature, "top_p": top_p,
                "seed": seed, "turns": turns, "template_kwargs": kwargs,
                "leading_assistant": leading_assistant}
@@ -110,7 +110,7 @@ def regenerate(data: str | Path | None = None, *, out: str | Path, target: str |
         run = _local(reader, load_target(target or DEFAULT_TARGET), out, batch_size,
                      max_prompt_tokens, report, options)
         where = {"target": target or DEFAULT_TARGET}
-    (progress or _quiet)("regenerating", 0, max_samples)  # the target is loaded
+    (progress or quiet)("regenerating", 0, max_samples)  # the target is loaded
     try:
         stats = run()
     except KeyboardInterrupt:

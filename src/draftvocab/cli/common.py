@@ -97,56 +97,20 @@ DataArg = Annotated[list[str] | None, typer.Argument(
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")]
 
 
-class _Rates:
-    """rich progress line: conversations done, and rates computed from the running totals
-    of conversations and tokens that the worker reports."""
-
-    def __init__(self, label: str, total: int | None, rate: Callable[[int, int, float], str]):
-        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
-        self.progress = Progress(
-            TextColumn(f"[bold]{label}[/bold]"), BarColumn(),
-            TextColumn("{task.completed:,.0f} conv"),
-            TextColumn("[cyan]{task.fields[rate]}"), TimeElapsedColumn(),
-            console=err, transient=True,
-        )
-        self.task = self.progress.add_task(label, total=total, rate="")
-        self.rate = rate
-        self.start = time.perf_counter()
-        self.convs = 0
-        self.tokens = 0
-
-    def __call__(self, convs: int, tokens: int) -> None:
-        self.convs += convs
-        self.tokens += tokens
-        dt = max(time.perf_counter() - self.start, 1e-9)
-        self.progress.update(self.task, advance=convs, rate=self.rate(self.convs, self.tokens, dt))
-
-    def __enter__(self):
-        self.progress.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        self.progress.__exit__(*exc)
-
-
-def _counting_rate(convs: int, tokens: int, dt: float) -> str:
-    return f"{convs / dt:,.0f} conv/s  {tokens / dt / 1e3:,.0f}k supervised tok/s"
-
-
-def _progress(label: str, total: int | None, quiet: bool, rate=_counting_rate):
-    """A `_Rates` bar, or (quiet, e.g. --json) a context that yields None."""
-    return contextlib.nullcontext() if quiet else _Rates(label, total, rate)
+def _counting_rate(done: int, tokens: int, dt: float) -> str:
+    return f"{done / dt:,.0f} conv/s  {tokens / dt / 1e3:,.0f}k supervised tok/s"
 
 
 class _Bars:
     """The progress callback the CLI hands to library calls (`api.inputs.Progress`): a
-    transient rich line per stage, started afresh each time a stage (re)starts (a spinner for
-    total 0); stages that report tokens show conv/s and supervised tok/s."""
+    transient rich line per stage, shown from the stage's first report and started afresh
+    each time a stage (re)starts (a spinner for total 0); stages that report tokens show
+    `rate(done, tokens, seconds)` (default: conv/s and supervised tok/s). Quiet: nothing."""
 
-    def __init__(self):
+    def __init__(self, quiet: bool = False, rate: Callable[[int, int, float], str] = _counting_rate):
         self.progress = self.task = None
         self.stage: str | None = None
+        self.quiet, self.rate = quiet, rate
 
     def _start(self, stage: str, total: int | None) -> None:
         from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
@@ -168,13 +132,15 @@ class _Bars:
 
     def __call__(self, stage: str, advance: int, total: int | None = None,
                  tokens: int = 0) -> None:
-        if advance == 0 or stage != self.stage:
+        if self.quiet:
+            return
+        if stage != self.stage or (advance == 0 and not tokens):  # a token-only report goes on
             self._start(stage, total)
-        if advance and self.task is not None:
+        if (advance or tokens) and self.task is not None:
             self.done += advance
             self.tokens += tokens
             dt = max(time.perf_counter() - self.start, 1e-9)
-            rate = _counting_rate(self.done, self.tokens, dt) if self.tokens else ""
+            rate = self.rate(self.done, self.tokens, dt) if self.tokens else ""
             self.progress.update(self.task, advance=advance, rate=rate)
 
     def __enter__(self):

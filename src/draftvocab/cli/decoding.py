@@ -5,7 +5,7 @@ makes one `draftvocab.api.decoding` call and renders the result.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from rich.markup import escape
@@ -15,43 +15,13 @@ from draftvocab.cli.common import (
     JsonOpt,
     KwargsOpt,
     SeedOpt,
+    _Bars,
     _emit_json,
     _fail_cleanly,
     app,
     console,
     err,
 )
-
-
-class _Bar:
-    """A library call's progress (`api.inputs.Progress`) as transient rich lines, one per
-    stage, shown from the stage's first report: once the work, not the loading, begins."""
-
-    def __init__(self, quiet: bool = False):
-        from rich.progress import Progress
-
-        self.progress = Progress(console=err, transient=True, disable=quiet)
-        self.tasks: dict[str, Any] = {}
-        self.stopped = False
-
-    def __call__(self, stage: str, advance: int, total: int | None = None,
-                 tokens: int = 0) -> None:
-        if stage not in self.tasks:
-            if not self.tasks:
-                self.progress.start()
-            self.tasks[stage] = self.progress.add_task(stage, total=total)
-        elif advance == 0:
-            self.progress.reset(self.tasks[stage], total=total)
-        self.progress.advance(self.tasks[stage], advance)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self.tasks and not self.stopped:
-            self.stopped = True
-            self.progress.stop()
-
 
 DecodeTreeOpt = Annotated[bool, typer.Option(
     "--tree/--chain", help="EAGLE-2 dynamic tree (greedy) or a chain of --gamma tokens.")]
@@ -259,7 +229,7 @@ def bench(
     decoding = DecodeOptions(tree=tree, depth=depth, topk=topk, total_tokens=total_tokens,
                              gamma=gamma, blocks=blocks, branch=branch, policy=policy,
                              bandit=bandit)
-    with _Bar() as bar:
+    with _Bars() as bar:
         r = api.bench(drafts=draft or [], adaptive_drafts=adaptive_draft or [],
                       adaptive_gamma=adaptive_gamma, endpoints=endpoint or [], model=model_name,
                       api_key=api_key, peers=peer or [],

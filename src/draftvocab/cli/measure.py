@@ -15,13 +15,13 @@ from draftvocab.cli.common import (
     ConfigOpt,
     JsonOpt,
     PresetOpt,
+    _Bars,
     _emit_json,
     _fail_cleanly,
     app,
     console,
     err,
 )
-from draftvocab.cli.decoding import _Bar
 
 
 @app.command("latency", epilog="Examples:\n\n"
@@ -50,7 +50,7 @@ def latency_cmd(
     piecewise model, compare measured R(k) with the FLOPs R(k), flag GEMM-tiling anomalies."""
     from draftvocab.api.measure import latency
 
-    with _Bar(as_json) as progress:
+    with _Bars(as_json) as progress:
         r = latency(preset=preset, config=config, ks=ks, width=width, prefix=prefix,
                     repeats=repeats, device=device, round_k=round_k, out=out, progress=progress)
     if as_json:
@@ -91,7 +91,7 @@ def calibrate_cmd(
     decoding on Spec-Bench: the inputs of `optimize --objective speedup`."""
     from draftvocab.api.measure import calibrate
 
-    with _Bar(as_json) as progress:
+    with _Bars(as_json) as progress:
         c = calibrate(draft, target=target, gamma=gamma, per_category=per_category,
                       max_new_tokens=max_new_tokens, out=out, progress=progress)
     if as_json:

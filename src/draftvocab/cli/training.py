@@ -18,47 +18,22 @@ from draftvocab.cli.common import (
     RoleMapOpt,
     SkipOpt,
     SuperviseOpt,
+    _Bars,
     _emit_json,
     _fail_cleanly,
-    _progress,
     app,
     err,
 )
-from draftvocab.cli.decoding import _Bar
-
-
-class _RegenerateBar:
-    """The regenerating line (`_Rates`: conversations, tokens, tok/s) as a library progress
-    callback; it appears, and its clock starts, when generation starts."""
-
-    def __init__(self, total: int | None, quiet: bool):
-        self.total, self.quiet, self.started, self.bar = total, quiet, False, None
-
-    def __call__(self, stage: str, advance: int, total: int | None = None,
-                 tokens: int = 0) -> None:
-        if not self.started:
-            self.started = True
-            self.bar = _progress("regenerating", self.total, self.quiet, rate=lambda c, t, dt:
-                                 f"{t:,} tok  {t / dt:,.1f} tok/s").__enter__()
-        if advance and self.bar is not None:
-            self.bar(advance, tokens)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self.bar is not None:
-            self.bar.__exit__(*exc)
 
 
 class _TrainProgress:
-    """Training's progress: the target-feature cache as it fills (`_Bar`), then a rich line
+    """Training's progress: the target-feature cache as it fills (`_Bars`), then a rich line
     of optimizer steps, loss and per-TTT-step top-1 accuracy (`step`)."""
 
     def __init__(self, quiet: bool = False):
         from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-        self.features = _Bar(quiet)
+        self.features = _Bars(quiet)
         self.progress = Progress(
             TextColumn("[bold]training[/bold]"), BarColumn(),
             TextColumn("{task.completed:,.0f}/{task.total:,.0f}"),
@@ -151,7 +126,7 @@ def regenerate_cmd(
     from draftvocab.api.training import RegenerateInterrupted, regenerate
 
     try:
-        with _RegenerateBar(max_samples, as_json) as bar:
+        with _Bars(as_json, rate=lambda c, t, dt: f"{t:,} tok  {t / dt:,.1f} tok/s") as bar:
             r = regenerate(data, out=out, target=target, endpoint=endpoint, model=model_name,
                            concurrency=concurrency, api_key=api_key, max_samples=max_samples,
                            seed=seed, batch_size=batch_size, max_new_tokens=max_new_tokens,
