@@ -88,6 +88,22 @@ def test_greedy_is_the_targets_own_greedy_output(target, keep, tree):
     assert rounds_accepting >= 1  # even a random draft is right now and then
 
 
+@pytest.mark.parametrize("tree", [False, True], ids=["chain", "tree"])
+def test_greedy_lossless_in_bf16(tree):
+    """bf16 rounds every layer, so a verify row that differs from a one-token step in its last
+    bit can flip a token; stepwise verify rows (`stepwise.py`) keep the output identical."""
+    target = make_tiny_target(dtype=torch.bfloat16, vocab_size=V, eos_token_id=None,
+                              bos_token_id=None, initializer_range=0.5)
+    plain = SpeculativeDecoder(target)
+    for prompt in _prompts(6):
+        expected = plain.generate(prompt, 40, stop_at_eos=False).tokens
+        draft = OracleDraft(_draft(target, KEEP), [*prompt, *expected], wrong=6)
+        got = SpeculativeDecoder(target, draft, tree=tree, depth=4, topk=3, total_tokens=12,
+                                 gamma=4).generate(prompt, 40, stop_at_eos=False)
+        assert got.tokens == expected, prompt
+        assert got.mean_accept_length > 1.5
+
+
 @pytest.mark.parametrize("keep", [None, KEEP], ids=["full", "trimmed"])
 @pytest.mark.parametrize("tree", [False, True], ids=["chain", "tree"])
 def test_greedy_lossless_with_long_and_partial_acceptance(target, keep, tree):

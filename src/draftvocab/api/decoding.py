@@ -60,12 +60,12 @@ def open_endpoint(url: str, model: str | None = None, api_key: str | None = None
     return ep
 
 
-def _load(target: str | Path, drafts: list):
-    """The target, with the hidden layers its drafts read."""
+def _load(target: str | Path, drafts: list, dtype: str = "fp32"):
+    """The target (in `dtype`, `fp32` or `bf16`), with the hidden layers its drafts read."""
     from draftvocab.engine.drafters import aux_layers
-    from draftvocab.engine.target import load_target
+    from draftvocab.engine.target import load_target, parse_dtype
 
-    return load_target(target, layers=aux_layers(drafts))
+    return load_target(target, layers=aux_layers(drafts), dtype=parse_dtype(dtype))
 
 
 @dataclass
@@ -180,8 +180,8 @@ def bench(*, drafts: Sequence[str] = (), adaptive_drafts: Sequence[str] = (),
           adaptive_gamma: int | None = None, endpoints: Sequence[str] = (),
           model: str | None = None, api_key: str | None = None, peers: Sequence[str] = (),
           prompt_lookup_tokens: int = 10, local: bool | None = None,
-          target: str | Path | None = None, questions: str | Path | None = None,
-          per_category: int | None = None,
+          target: str | Path | None = None, dtype: str = "fp32",
+          questions: str | Path | None = None, per_category: int | None = None,
           turns: int | None = None, max_new_tokens: int = 128, runs: int = 3,
           decoding: DecodeOptions | None = None, out: str | Path = "bench-out",
           progress: Progress | None = None) -> BenchResult:
@@ -190,8 +190,9 @@ def bench(*, drafts: Sequence[str] = (), adaptive_drafts: Sequence[str] = (),
 
     `drafts` / `adaptive_drafts` are `NAME=DIR` items, `endpoints` `[NAME=]URL` items (servers
     asked greedy and streamed), `peers` any of `PEERS`. `local` runs plain decoding in-process
-    (default: unless only endpoints are given). `progress` (`api.inputs.Progress`) counts
-    requests in stage "benchmark".
+    (default: unless only endpoints are given) with the target in `dtype` (`fp32`, `bf16`:
+    every variant shares it). `progress` (`api.inputs.Progress`) counts requests in stage
+    "benchmark".
 
     >>> from draftvocab import bench
     >>> r = bench(per_category=1, turns=1, max_new_tokens=8, runs=1, out="bench-out")
@@ -221,7 +222,7 @@ def bench(*, drafts: Sequence[str] = (), adaptive_drafts: Sequence[str] = (),
     qs = load_questions(questions, per_category=per_category, turns=turns)
     tgt, variants = None, {}
     if local:
-        tgt = _load(target or DEFAULT_TARGET, [p for _, p in specs])
+        tgt = _load(target or DEFAULT_TARGET, [p for _, p in specs], dtype)
         variants = _variants(tgt, specs, set(dict(adaptive)), adaptive_gamma, peer_names,
                              prompt_lookup_tokens, decoding)
     progress = progress or quiet

@@ -202,6 +202,9 @@ def bench(
     target: Annotated[str | None, typer.Option(
         "--target", help="Preset, .gguf or HF model dir [default: smollm2-135m].",
         show_default=False)] = None,
+    dtype: Annotated[str, typer.Option(
+        "--dtype", help="The target's weights and activations: fp32 or bf16 (every variant "
+        "shares it; bf16 verifies rows exactly as one-token steps).")] = "fp32",
     questions: Annotated[Path | None, typer.Option(
         "--questions", help="Spec-Bench JSONL (default: ../shared/data/"
         "spec_bench_questions.jsonl).")] = None,
@@ -234,7 +237,7 @@ def bench(
                       adaptive_gamma=adaptive_gamma, endpoints=endpoint or [], model=model_name,
                       api_key=api_key, peers=peer or [],
                       prompt_lookup_tokens=prompt_lookup_tokens, local=local, target=target,
-                      questions=questions, per_category=per_category, turns=turns,
+                      dtype=dtype, questions=questions, per_category=per_category, turns=turns,
                       max_new_tokens=max_new_tokens, runs=runs, decoding=decoding, out=out,
                       progress=bar)
     if as_json:

@@ -13,6 +13,7 @@ split-digits step, which transformers' own conversion drops).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import types
@@ -25,8 +26,17 @@ import torch
 from draftvocab.core.assets import cache_dir, load_tokenizer, sha256_text
 from draftvocab.core.atomic import atomic_directory
 from draftvocab.core.errors import DraftVocabError
+from draftvocab.engine.stepwise import stepwise_rows
 
 DEFAULT_TARGET = "smollm2-135m"
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}  # the target's weights/activations
+
+
+def parse_dtype(name: str) -> torch.dtype:
+    """`fp32` or `bf16` (the CLI's --dtype) as a torch dtype; a clear error otherwise."""
+    if name not in DTYPES:
+        raise DraftVocabError(f"--dtype is one of {', '.join(DTYPES)} (got '{name}')")
+    return DTYPES[name]
 
 
 def eagle3_layers(num_layers: int) -> tuple[int, int, int]:
@@ -65,6 +75,13 @@ class Target:
         if len(self.layers) != 3 or not all(0 <= i < len(blocks) for i in self.layers):
             raise DraftVocabError(
                 f"need three layer indices in [0, {len(blocks)}), got {self.layers}")
+        # bf16 on CPU: verify rows attend exactly as one-token steps do (`stepwise.py`), so
+        # greedy speculative decoding stays identical to plain decoding bit for bit
+        self.stepwise = self.device.type == "cpu" and self.dtype != torch.float32
+        if self.stepwise:
+            from draftvocab.engine.stepwise import install
+
+            install(self.model)
         self._captured: dict[int, torch.Tensor] = {}
         for i in self.layers:
             blocks[i].register_forward_pre_hook(self._hook(i), with_kwargs=True)
@@ -128,8 +145,12 @@ class Target:
         if past is None and use_cache:
             past = self.new_cache()
         self._captured.clear()
-        out = self.model(input_ids=input_ids, past_key_values=past, position_ids=position_ids,
-                         attention_mask=attention_mask, use_cache=use_cache)
+        rows = (stepwise_rows() if self.stepwise and attention_mask is not None
+                and attention_mask.dim() == 4 else contextlib.nullcontext())
+        with rows:
+            out = self.model(input_ids=input_ids, past_key_values=past,
+                             position_ids=position_ids, attention_mask=attention_mask,
+                             use_cache=use_cache)
         # pop: the captured layers must not outlive the call (training backpropagates after it)
         hidden = torch.cat([self._captured.pop(i) for i in self.layers], dim=-1)
         return TargetOutput(out.logits, hidden, out.past_key_values if use_cache else None)
@@ -141,7 +162,15 @@ def _few_rows_linear(self: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
     kernel here — a 3-row product with a 49,152-row LM head took 41 ms as x·Wᵀ and 8 ms as W·xᵀ
     on this 2-core CPU (1 row: the same). Training and large batches keep the usual path."""
     rows = x.numel() // max(x.shape[-1], 1)
+    if x.device.type == "cpu" and x.dtype != torch.float32 and x.dim() >= 2 and rows == 1:
+        # bf16/fp16: oneDNN's one-row kernel splits the reduction across threads, so a row's
+        # result differs from the same row in a multi-row call (down_proj here); computing
+        # one row as two makes every row bit-identical whatever the row count (and costs
+        # nothing: a 2-row bf16 product is as fast as a 1-row one on this CPU).
+        two = torch.nn.functional.linear(torch.cat([x, x], dim=-2), self.weight, self.bias)
+        return two.narrow(-2, 0, 1)
     if (x.device.type != "cpu" or torch.is_grad_enabled() or x.dim() < 2
+            or x.dtype != torch.float32
             or not (rows <= 3 or (rows <= 16 and self.out_features >= 4096))):
         return torch.nn.functional.linear(x, self.weight, self.bias)
     y = torch.matmul(self.weight, x.reshape(rows, x.shape[-1]).t()).t()

@@ -1,0 +1,74 @@
+"""bf16 verify rows equal one-token steps bit for bit (`stepwise.py`, the one-row Linear in
+`target._few_rows_linear`): what keeps greedy speculative decoding identical to plain decoding
+in bf16 on the real target, where transformers' masked multi-row attention and oneDNN's one-row
+kernel each change the logits."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from draftvocab.engine.target import load_target, parse_dtype
+from draftvocab.engine.verify import DraftNode, verify
+from draftvocab.core.errors import DraftVocabError
+
+
+@pytest.fixture(scope="module")
+def smol_bf16():
+    return load_target("smollm2-135m", dtype=torch.bfloat16)
+
+
+def _steps(target, prompt: list[int], tokens: list[int]) -> list[torch.Tensor]:
+    """Logits after each of `tokens`, fed one at a time (plain decoding)."""
+    out = target.forward(torch.tensor([prompt]))
+    cache, rows = out.past_key_values, []
+    for t in tokens:
+        rows.append(target.forward(torch.tensor([[t]]), past=cache).logits[0, -1])
+    return rows
+
+
+def test_chain_verify_rows_equal_one_token_steps(smol_bf16):
+    t = smol_bf16
+    prompt = t.prompt_ids([{"role": "user", "content": "Summarize: the cat sat on the mat."}])
+    text = t.tokenizer.encode(" The cat sat on the mat, and then it slept in the sun all day.",
+                              add_special_tokens=False)[:12]
+    ref = _steps(t, prompt, text)
+    cache = t.forward(torch.tensor([prompt])).past_key_values
+    n, at = len(prompt), 0
+    for chunk in (3, 1, 8):  # verify forwards of 3, 1 (no draft) and 8 rows
+        nodes = [DraftNode(tok, j - 1, j + 1) for j, tok in enumerate(text[at + 1:at + chunk])]
+        _, _, out = verify(t, nodes, text[at], n + at, cache)  # the cache keeps all rows
+        for r in range(chunk):
+            assert torch.equal(out.logits[0, r], ref[at + r]), (chunk, r)
+        at += chunk
+
+
+def test_tree_verify_rows_equal_their_paths_steps(smol_bf16):
+    """Two branches under the root: each node's row equals the one-token step at the end of
+    its own path (keys gathered in cache order, siblings unseen)."""
+    t = smol_bf16
+    prompt = t.prompt_ids([{"role": "user", "content": "Name a colour."}])
+    a = t.tokenizer.encode(" Blue is calm", add_special_tokens=False)
+    b = t.tokenizer.encode(" Red is warm", add_special_tokens=False)
+    root = 504
+    nodes = [DraftNode(a[0], -1, 1), DraftNode(b[0], -1, 1)]
+    nodes += [DraftNode(a[1], 0, 2), DraftNode(b[1], 1, 2), DraftNode(a[2], 2, 3)]
+    cache = t.forward(torch.tensor([prompt])).past_key_values
+    _, _, out = verify(t, nodes, root, len(prompt), cache)
+    ref_a = _steps(t, prompt, [root, *a[:3]])
+    ref_b = _steps(t, prompt, [root, *b[:2]])
+    rows = out.logits[0]
+    for row, want in ((0, ref_a[0]), (1, ref_a[1]), (2, ref_b[1]), (3, ref_a[2]),
+                      (4, ref_b[2]), (5, ref_a[3])):
+        assert torch.equal(rows[row], want), row
+
+
+def test_fp32_targets_keep_transformers_attention(tiny_target):
+    assert not tiny_target.stepwise
+    assert tiny_target.model.config._attn_implementation == "sdpa"
+
+
+def test_dtype_names():
+    assert parse_dtype("bf16") is torch.bfloat16 and parse_dtype("fp32") is torch.float32
+    with pytest.raises(DraftVocabError, match="--dtype is one of fp32, bf16"):
+        parse_dtype("fp8")
