@@ -8,9 +8,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from draftvocab.core.errors import DraftVocabError
 from draftvocab.engine.target import load_target, parse_dtype
 from draftvocab.engine.verify import DraftNode, verify
-from draftvocab.core.errors import DraftVocabError
 
 
 @pytest.fixture(scope="module")
