@@ -88,8 +88,10 @@ def test_greedy_is_the_targets_own_greedy_output(target, keep, tree):
     assert rounds_accepting >= 1  # even a random draft is right now and then
 
 
-@pytest.mark.parametrize("tree", [False, True], ids=["chain", "tree"])
-def test_greedy_lossless_in_bf16(tree):
+@pytest.mark.parametrize("shape", [{"tree": False}, {"tree": True},
+                                   {"tree": False, "adaptive": True}],
+                         ids=["chain", "tree", "adaptive"])
+def test_greedy_lossless_in_bf16(shape):
     """bf16 rounds every layer, so a verify row that differs from a one-token step in its last
     bit can flip a token; stepwise verify rows (`stepwise.py`) keep the output identical."""
     target = make_tiny_target(dtype=torch.bfloat16, vocab_size=V, eos_token_id=None,
@@ -98,10 +100,13 @@ def test_greedy_lossless_in_bf16(tree):
     for prompt in _prompts(6):
         expected = plain.generate(prompt, 40, stop_at_eos=False).tokens
         draft = OracleDraft(_draft(target, KEEP), [*prompt, *expected], wrong=6)
-        got = SpeculativeDecoder(target, draft, tree=tree, depth=4, topk=3, total_tokens=12,
-                                 gamma=4).generate(prompt, 40, stop_at_eos=False)
+        got = SpeculativeDecoder(target, draft, depth=4, topk=3, total_tokens=12, gamma=4,
+                                 **shape).generate(prompt, 40, stop_at_eos=False)
         assert got.tokens == expected, prompt
-        assert got.mean_accept_length > 1.5
+        if shape.get("adaptive"):  # one-row verifies (its plain steps) and drafted rounds
+            assert 0 < got.drafted_tokens and 1 in got.accept_lengths
+        else:
+            assert got.mean_accept_length > 1.5
 
 
 @pytest.mark.parametrize("keep", [None, KEEP], ids=["full", "trimmed"])

@@ -145,7 +145,7 @@ class Target:
         if past is None and use_cache:
             past = self.new_cache()
         self._captured.clear()
-        rows = (stepwise_rows() if self.stepwise and attention_mask is not None
+        rows = (stepwise_rows(attention_mask) if self.stepwise and attention_mask is not None
                 and attention_mask.dim() == 4 else contextlib.nullcontext())
         with rows:
             out = self.model(input_ids=input_ids, past_key_values=past,
