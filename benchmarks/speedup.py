@@ -4,7 +4,9 @@ then plain vs fixed-γ vs adaptive-γ vs prompt lookup on Spec-Bench, side by si
 Every step is a `draftvocab` command (printed before it runs) or a few lines of Python here;
 a step whose output exists is skipped, so a cut run resumes where it stopped.
 
-    python benchmarks/speedup.py                      # the README's run (about 2 h here)
+    python benchmarks/speedup.py --regen-samples 280 --lrs 3e-3 --ttts 3 --sweep-steps 10 \
+        --steps 300                                   # the README's run (about 70 min here)
+    python benchmarks/speedup.py                      # all prompts and the full sweep (~2 h)
     python benchmarks/speedup.py --regen-samples 120 --sweep-steps 20 --steps 100   # smaller
 
 Steps (under --out, default runs/speedup):
@@ -15,8 +17,8 @@ Steps (under --out, default runs/speedup):
  4. features/       target features of train.jsonl, computed once (`train --cache-features`)
  5. sweep-*/        --sweep-steps steps for each lr x TTT depth; held-out τ picks the best
  6. draft/          the best setting for --steps steps (training.png: acc and τ vs tokens)
- 7. bench/          `draftvocab bench`: plain, draft at fixed γ = 2, adaptive γ <= 4,
-                    prompt lookup, interleaved, 3 runs, 95 % CI, per category
+ 7. bench/          `draftvocab bench --dtype bf16`: plain, draft at fixed γ = 2, adaptive
+                    γ <= 4, prompt lookup, interleaved, 3 runs, 95 % CI, per category
 """
 
 from __future__ import annotations
@@ -95,6 +97,8 @@ def main() -> None:
     ap.add_argument("--adaptive-gamma", type=int, default=4, help="longest adaptive chain")
     ap.add_argument("--bench-per-category", type=int, default=2)
     ap.add_argument("--bench-runs", type=int, default=3)
+    ap.add_argument("--dtype", default="bf16", help="the target's dtype in the bench (fp32, "
+                    "bf16: verify rows bit-identical to one-token steps, see stepwise.py)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     out = args.out
@@ -134,7 +138,8 @@ def main() -> None:
     write_jsonl(out / "sweep.jsonl", [{"lr": float(k[0]), "ttt_steps": int(k[1]),
                                        "steps": args.sweep_steps, "heldout_tau": v}
                                       for k, v in results.items()])
-    run(DV + ["bench", "--draft", f"fixed={out / 'draft'}", "--adaptive-draft",
+    run(DV + ["bench", "--dtype", args.dtype, "--draft", f"fixed={out / 'draft'}",
+              "--adaptive-draft",
               f"adaptive={out / 'draft'}", "--chain", "--gamma", args.gamma,
               "--adaptive-gamma", args.adaptive_gamma,
               "--peer", "prompt-lookup", "--per-category", args.bench_per_category,

@@ -574,3 +574,8 @@ def test_optimize_from_counts_needs_no_tokenizer(counts_file, tmp_path):
     assert len(vocab) == summary["chosen"]["k"]
     tok = load_tokenizer(LLAMA_TOK)
     assert [t["text"] for t in vocab] == tok.convert_ids_to_tokens([t["id"] for t in vocab])
+
+
+def test_bench_rejects_an_unknown_dtype_before_any_work(tmp_path):
+    fail("bench", "--dtype", "fp8", "-o", tmp_path / "b", words=("--dtype", "bf16"))
+    assert not (tmp_path / "b").exists()

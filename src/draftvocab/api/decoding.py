@@ -202,8 +202,11 @@ def bench(*, drafts: Sequence[str] = (), adaptive_drafts: Sequence[str] = (),
     from draftvocab.core.atomic import check_output_dir
     from draftvocab.engine.bench import load_questions, run_benchmark, write_report
 
+    from draftvocab.engine.target import parse_dtype
+
     if runs < 1 or max_new_tokens < 1:
         raise DraftVocabError("--runs and --max-new-tokens must be at least 1")
+    parse_dtype(dtype)
     local = local if local is not None else (not endpoints or bool(drafts) or bool(peers)
                                              or target is not None)
     if (drafts or peers) and not local:
