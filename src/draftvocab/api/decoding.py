@@ -201,7 +201,6 @@ def bench(*, drafts: Sequence[str] = (), adaptive_drafts: Sequence[str] = (),
     """
     from draftvocab.core.atomic import check_output_dir
     from draftvocab.engine.bench import load_questions, run_benchmark, write_report
-
     from draftvocab.engine.target import parse_dtype
 
     if runs < 1 or max_new_tokens < 1:
