@@ -26,7 +26,7 @@ import torch
 from draftvocab.core.assets import cache_dir, load_tokenizer, sha256_text
 from draftvocab.core.atomic import atomic_directory
 from draftvocab.core.errors import DraftVocabError
-from draftvocab.engine.stepwise import stepwise_rows
+from draftvocab.engine.stepwise import install, stepwise_rows
 
 DEFAULT_TARGET = "smollm2-135m"
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}  # the target's weights/activations
@@ -79,8 +79,6 @@ class Target:
         # greedy speculative decoding stays identical to plain decoding bit for bit
         self.stepwise = self.device.type == "cpu" and self.dtype != torch.float32
         if self.stepwise:
-            from draftvocab.engine.stepwise import install
-
             install(self.model)
         self._captured: dict[int, torch.Tensor] = {}
         for i in self.layers:
