@@ -6,11 +6,11 @@ the Linear layers give bit-identical rows for any row count (a one-row product c
 `target._few_rows_linear`), but attention does not: a k-row call reduces over the whole key
 length with the later keys masked, in another summation order than the one-token step's; it
 flipped the greedy token at 29 of 1,152 Spec-Bench positions (in fp32 the difference is ~1e-6
-and was never seen to flip one). So inside `stepwise_rows(mask)`, an
-attention call with a 4D mask (a verify) runs each query row as its own one-query SDPA over just
-the keys that row sees, in cache order — the very call a plain decode step makes (both in the
-packed grouped-query form, `_one_query`, which is also 5x faster in bf16 than SDPA's
-`enable_gqa`). Every other call (prefill, batches) is transformers' SDPA unchanged.
+and was never seen to flip one). So inside `stepwise_rows(mask)`, an attention call with a 4D
+mask (a verify) runs each query row as its own one-query SDPA over just the keys that row sees,
+in cache order — the very call a plain decode step makes (both in the packed grouped-query
+form, `_one_query`, which is also 5x faster in bf16 than SDPA's `enable_gqa`). Every other call
+(prefill, batches) is transformers' SDPA unchanged.
 """
 
 from __future__ import annotations
@@ -38,13 +38,12 @@ def stepwise_rows(mask: torch.Tensor):
 def _visible_keys(mask: torch.Tensor) -> list[tuple[int, torch.Tensor | None]]:
     """Per query row: (number of keys it sees, their indices, or None when they are a prefix)."""
     rows = mask[0, 0]
-    seen = (rows if rows.dtype == torch.bool else rows == 0).cpu()
-    counts = seen.sum(1).tolist()
-    prefix = seen[:, 0].clone()  # a row whose keys are exactly 0 .. count-1
-    for r, n in enumerate(counts):
-        prefix[r] = bool(seen[r, :n].all())
-    return [(n, None if p else seen[r].nonzero().squeeze(1).to(mask.device))
-            for r, (n, p) in enumerate(zip(counts, prefix.tolist(), strict=True))]
+    out = []
+    for row in (rows if rows.dtype == torch.bool else rows == 0):
+        idx = row.nonzero().squeeze(1)
+        n = idx.numel()  # sorted, distinct: a prefix iff the last is n - 1
+        out.append((n, None if n and int(idx[-1]) == n - 1 else idx))
+    return out
 
 
 def _one_query(query, key, value, scale):
