@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import types
+
 import torch
 
 from draftvocab.engine.target import eagle3_layers, load_target
@@ -47,3 +49,31 @@ def test_real_smollm2_target_loads_offline_and_answers():
     ids = ids["input_ids"] if hasattr(ids, "keys") else ids
     out = target.model.generate(torch.tensor([ids]), max_new_tokens=12, do_sample=False)
     assert "4" in tok.decode(out[0, len(ids):])
+
+
+def test_few_row_products_pick_a_measured_form_and_stay_exact(monkeypatch):
+    """fp32 decode-sized products take W·xᵀ or x·Wᵀ, whichever this machine runs faster
+    (timed once per shape and row count); either is the same product."""
+    from draftvocab.engine import target as target_mod
+
+    monkeypatch.setattr(target_mod, "_FORMS", {})
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(64, 300)
+    layer.forward = types.MethodType(target_mod._few_rows_linear, layer)
+    for rows in (1, 2, 3, 5):
+        x = torch.randn(1, rows, 64)
+        with torch.no_grad():
+            got = layer(x)
+        want = torch.nn.functional.linear(x, layer.weight, layer.bias)
+        assert got.shape == want.shape and torch.allclose(got, want, atol=1e-5, rtol=1e-5)
+    assert set(target_mod._FORMS) == {(300, 64, r) for r in (1, 2, 3, 5)}
+    # forced either way, the product is the same
+    for faster in (True, False):
+        monkeypatch.setattr(target_mod, "_FORMS", {(300, 64, 3): faster})
+        with torch.no_grad():
+            assert torch.allclose(layer(x[:, :3]), torch.nn.functional.linear(
+                x[:, :3], layer.weight, layer.bias), atol=1e-5, rtol=1e-5)
+    with torch.enable_grad():  # training keeps nn.Linear's own path, no timing
+        monkeypatch.setattr(target_mod, "_FORMS", {})
+        layer(x)
+        assert target_mod._FORMS == {}

@@ -155,10 +155,13 @@ class Target:
 
 
 def _few_rows_linear(self: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
-    """`nn.Linear.forward`, but a CPU inference call on a few rows (a decode step, a short
-    verify) computes W·xᵀ instead of x·Wᵀ: the same product, for which MKL picks a far faster
-    kernel here — a 3-row product with a 49,152-row LM head took 41 ms as x·Wᵀ and 8 ms as W·xᵀ
-    on this 2-core CPU (1 row: the same). Training and large batches keep the usual path."""
+    """`nn.Linear.forward`, but a CPU inference call on a few rows (a decode step, a verify)
+    may compute W·xᵀ instead of x·Wᵀ: the same product, for which MKL may pick a far faster
+    kernel — or a far slower one, depending on the CPU. On an AMD EPYC a 3-row product with
+    the 49,152-row LM head took 41 ms as x·Wᵀ and 8 ms as W·xᵀ; on a Xeon with AMX the other
+    way round (7.5 ms against 12.7, and 4× on the 1,536-row MLP), which made a 3-row verify
+    cost 2× a plain step. So the fp32 form is measured per (shape, rows) on first use
+    (`_faster_form`). Training and large batches keep the usual path."""
     rows = x.numel() // max(x.shape[-1], 1)
     if x.device.type == "cpu" and x.dtype != torch.float32 and x.dim() >= 2 and rows == 1:
         # bf16/fp16: oneDNN's one-row kernel splits the reduction across threads, so a row's
@@ -168,13 +171,43 @@ def _few_rows_linear(self: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
         two = torch.nn.functional.linear(torch.cat([x, x], dim=-2), self.weight, self.bias)
         return two.narrow(-2, 0, 1)
     if (x.device.type != "cpu" or torch.is_grad_enabled() or x.dim() < 2
-            or x.dtype != torch.float32
-            or not (rows <= 3 or (rows <= 16 and self.out_features >= 4096))):
+            or x.dtype != torch.float32 or rows > 16
+            or not _faster_form(self.weight, rows)):
         return torch.nn.functional.linear(x, self.weight, self.bias)
-    y = torch.matmul(self.weight, x.reshape(rows, x.shape[-1]).t()).t()
-    if self.bias is not None:
-        y = y + self.bias
-    return y.reshape(*x.shape[:-1], self.out_features)
+    return _transposed(self.weight, self.bias, x, rows)
+
+
+def _transposed(weight, bias, x, rows):
+    y = torch.matmul(weight, x.reshape(rows, x.shape[-1]).t()).t()
+    if bias is not None:
+        y = y + bias
+    return y.reshape(*x.shape[:-1], weight.shape[0])
+
+
+_FORMS: dict[tuple[int, int, int], bool] = {}  # (out, in, rows) -> W·xᵀ is faster (fp32 CPU)
+
+
+def _faster_form(weight: torch.Tensor, rows: int) -> bool:
+    """Whether W·xᵀ beats x·Wᵀ for `rows` rows times this weight's shape on this machine:
+    timed once per process and shape (best of 3 after a warm-up; a few ms, the LM head's
+    ~0.1 s). Both forms are exact products; only their speed differs."""
+    key = (weight.shape[0], weight.shape[1], rows)
+    if key not in _FORMS:
+        import time
+
+        x = torch.randn(rows, weight.shape[1], dtype=weight.dtype)
+        best = []
+        for form in (lambda: torch.nn.functional.linear(x, weight),
+                     lambda: _transposed(weight, None, x, rows)):
+            form()
+            times = []
+            for _ in range(3):
+                t0 = time.perf_counter()
+                form()
+                times.append(time.perf_counter() - t0)
+            best.append(min(times))
+        _FORMS[key] = best[1] < best[0]
+    return _FORMS[key]
 
 
 def _decoder_layers(model) -> torch.nn.ModuleList:
