@@ -125,6 +125,48 @@ def test_greedy_lossless_with_long_and_partial_acceptance(target, keep, tree):
         assert min(got.accept_lengths[:-1]) < max(got.accept_lengths)
 
 
+@pytest.mark.parametrize("shape", [{}, {"tree": False}, {"tree": True},
+                                   {"tree": False, "adaptive": True}],
+                         ids=["no-draft", "chain", "tree", "adaptive"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16], ids=["fp64", "bf16"])
+def test_greedy_lossless_with_lookup_rounds(shape, dtype):
+    """Rounds that verify context-copied tokens (`lookup`), with or without a draft, keep the
+    output the target's own; with a draft, the draft catches up on those rounds' features."""
+    target = make_tiny_target(dtype=dtype, vocab_size=V, eos_token_id=None,
+                              bos_token_id=None, initializer_range=0.5)
+    plain = SpeculativeDecoder(target)
+    lookup_rounds = drafted_rounds = 0
+    for prompt in _prompts(6):
+        expected = plain.generate(prompt, 40, stop_at_eos=False).tokens
+        draft = (OracleDraft(_draft(target, KEEP), [*prompt, *expected], wrong=3)
+                 if shape else None)
+        dec = SpeculativeDecoder(target, draft, depth=4, topk=3, total_tokens=12, gamma=3,
+                                 lookup=4, **shape)
+        covered = []  # the positions each draft catch-up feeds: together, 0, 1, 2, ...
+        catch_up = dec._catch_up
+
+        def recording(feats, tokens, pending_from, dk, dv, catch_up=catch_up, covered=covered):
+            covered.extend(range(pending_from, pending_from + feats.shape[0]))
+            return catch_up(feats, tokens, pending_from, dk, dv)
+
+        dec._catch_up = recording
+        got = dec.generate(prompt, 40, stop_at_eos=False)
+        assert got.tokens == expected, prompt
+        assert sum(got.accept_lengths) == 39 and got.target_forwards == len(got.accept_lengths)
+        lookup_rounds += got.lookup_rounds
+        drafted_rounds += got.target_forwards - got.lookup_rounds
+        if draft is not None:  # lookup rounds' features reach the draft at its next catch-up
+            assert covered == list(range(len(covered))) and len(covered) > len(prompt)
+    # a vocabulary of 8: the context repeats its n-grams, so both kinds of round happen
+    assert lookup_rounds >= 20 and drafted_rounds >= 20
+
+
+def test_lookup_is_off_when_sampling(target):
+    dec = SpeculativeDecoder(target, _draft(target), tree=False, gamma=2, lookup=4)
+    got = dec.generate([1, 2, 1, 2, 1, 2], 20, temperature=1.0, seed=0, stop_at_eos=False)
+    assert got.lookup_rounds == 0 and len(got.tokens) == 20
+
+
 def test_greedy_matches_transformers_generate(target):
     prompt = [3, 1, 4, 1, 5]
     ref = target.model.generate(torch.tensor([prompt]), max_new_tokens=20, do_sample=False,

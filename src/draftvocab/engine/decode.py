@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from draftvocab.core.errors import DraftVocabError
+from draftvocab.engine.lookup import lookup
 from draftvocab.engine.treedraft import draft_tree, draft_tree_sampled
 from draftvocab.engine.verify import DraftNode, sampling_probs, verify
 
@@ -36,6 +37,7 @@ class GenerationResult:
     drafted_tokens: int = 0  # draft tokens sent to the verifier (tree nodes or chain links)
     stopped: bool = False  # ended by the `on_tokens` callback (a stop string, a gone client)
     draft_forwards: int = 0  # drafter calls (catch-up included)
+    lookup_rounds: int = 0  # rounds that verified tokens copied from the context (lookup.py)
 
     @property
     def mean_accept_length(self) -> float:
@@ -60,6 +62,7 @@ class DecodeOptions:
     policy: str | None = None
     bandit: Any = None  # bandit.BudgetBandit
     adaptive: bool = False
+    lookup: int = 0  # EAGLE-3 / plain: up to this many context-copied tokens a round (0 = off)
 
 
 def _keep_cache(cache, prefix: int, kept: list[int]) -> None:
@@ -90,7 +93,7 @@ class SpeculativeDecoder:
 
     def __init__(self, target, draft=None, *, tree: bool = True, depth: int = 6,
                  topk: int = 8, total_tokens: int = 32, gamma: int = 5,
-                 adaptive: bool = False):
+                 adaptive: bool = False, lookup: int = 0):
         if draft is not None:
             if draft.proposes != self.proposes:
                 raise DraftVocabError(
@@ -99,8 +102,9 @@ class SpeculativeDecoder:
             draft.check_fits(target)
             k = draft.config.draft_vocab_size
             self._draft_ids = draft.to_target_ids(torch.arange(k, device=draft.d2t.device))
-        if min(depth, topk, total_tokens, gamma) < 1:
-            raise DraftVocabError("depth, topk, total_tokens and gamma must be >= 1")
+        if min(depth, topk, total_tokens, gamma) < 1 or lookup < 0:
+            raise DraftVocabError("depth, topk, total_tokens and gamma must be >= 1, "
+                                  "lookup >= 0")
         # Rejected rows are cut out of the cache by position (_keep_cache): full attention only.
         kinds = {type(layer).__name__ for layer in target.new_cache().layers}
         if kinds - {"DynamicLayer"}:
@@ -121,12 +125,16 @@ class SpeculativeDecoder:
 
             self.length = AdaptiveLength(max_gamma=gamma)
         self._chain = gamma
+        # lookup: greedy rounds whose context offers a continuation verify that instead of
+        # drafting (lookup.py); plain decoding with it is exact prompt-lookup decoding
+        self.lookup = lookup
 
     @classmethod
     def from_options(cls, target, draft, options: DecodeOptions) -> SpeculativeDecoder:
         o = options
         return cls(target, draft, tree=o.tree, depth=o.depth, topk=o.topk,
-                   total_tokens=o.total_tokens, gamma=o.gamma, adaptive=o.adaptive)
+                   total_tokens=o.total_tokens, gamma=o.gamma, adaptive=o.adaptive,
+                   lookup=o.lookup)
 
     # -- public -----------------------------------------------------------------------------
 
@@ -172,8 +180,24 @@ class SpeculativeDecoder:
         while (len(res.tokens) < max_new_tokens and not res.stopped
                and not (stop_at_eos and res.tokens[-1] in self.eos)):
             n = len(tokens) - 1  # position of the pending token x_n (not in the target cache)
-            self._chain = self.length.choose() if self.length is not None else self.gamma
-            if self.draft is not None and self._chain == 0:
+            copied = (lookup(tokens, num=self.lookup)
+                      if self.lookup and self._sampling is None else [])
+            if not copied:
+                self._chain = self.length.choose() if self.length is not None else self.gamma
+            if copied:
+                # a lookup round; the draft sees its features at its next catch-up
+                nodes = [DraftNode(t, i - 1, i + 1) for i, t in enumerate(copied)]
+                t0 = time.perf_counter()
+                new, kept_nodes, out = self._verify(nodes, tokens[-1], n, cache)
+                res.target_seconds += time.perf_counter() - t0
+                res.drafted_tokens += len(nodes)
+                res.lookup_rounds += 1
+                cache = out.past_key_values
+                _keep_cache(cache, n + 1, kept_nodes)
+                if self.draft is not None:
+                    rows = torch.tensor([0, *(1 + i for i in kept_nodes)], device=dev)
+                    feats = torch.cat([feats, out.hidden[0].index_select(0, rows)])
+            elif self.draft is not None and self._chain == 0:
                 # a plain step; the draft sees its features at its next catch-up
                 t0 = time.perf_counter()
                 new, _, out = self._verify([], tokens[-1], n, cache)
@@ -324,14 +348,18 @@ class SpeculativeDecoder:
 def decoder_for(target, draft=None, *, tree: bool = True, depth: int = 6, topk: int = 8,
                 total_tokens: int = 32, gamma: int = 5, blocks: int = 2, width: int = 2,
                 branch: int = 4, policy: str | None = None, bandit=None,
-                adaptive: bool = False) -> SpeculativeDecoder:
+                adaptive: bool = False, lookup: int = 0) -> SpeculativeDecoder:
     """The decoder a draft needs (`draft.decoder`), or plain decoding without one.
 
     >>> decoder_for(target, load_draft("runs/draft", target), gamma=4).generate(ids, 128)
     """
     options = DecodeOptions(tree=tree, depth=depth, topk=topk, total_tokens=total_tokens,
                             gamma=gamma, blocks=blocks, width=width, branch=branch,
-                            policy=policy, bandit=bandit, adaptive=adaptive)
+                            policy=policy, bandit=bandit, adaptive=adaptive, lookup=lookup)
     if draft is None:
         return SpeculativeDecoder.from_options(target, None, options)
-    return draft.decoder(target, options)
+    dec = draft.decoder(target, options)
+    if lookup and getattr(dec, "lookup", 0) != lookup:
+        raise DraftVocabError("lookup rounds need an EAGLE-3 draft (or none): this draft's "
+                              "decoder drafts blocks")
+    return dec
