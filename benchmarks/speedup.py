@@ -17,8 +17,10 @@ Steps (under --out, default runs/speedup):
  4. features/       target features of train.jsonl, computed once (`train --cache-features`)
  5. sweep-*/        --sweep-steps steps for each lr x TTT depth; held-out τ picks the best
  6. draft/          the best setting for --steps steps (training.png: acc and τ vs tokens)
- 7. bench/          `draftvocab bench --dtype bf16`: plain, draft at fixed γ = 2, adaptive
-                    γ <= 4, prompt lookup, interleaved, 3 runs, 95 % CI, per category
+ 7. bench/          `draftvocab bench --dtype fp32`: plain, draft at fixed γ = 2, adaptive
+                    γ <= 4, the draft with lookup rounds (fixed+lookup), our exact prompt
+                    lookup without a draft (lookup), transformers' prompt lookup,
+                    interleaved, 3 runs, 95 % CI, per category
 """
 
 from __future__ import annotations
@@ -97,8 +99,11 @@ def main() -> None:
     ap.add_argument("--adaptive-gamma", type=int, default=4, help="longest adaptive chain")
     ap.add_argument("--bench-per-category", type=int, default=2)
     ap.add_argument("--bench-runs", type=int, default=3)
-    ap.add_argument("--dtype", default="bf16", help="the target's dtype in the bench (fp32, "
-                    "bf16: verify rows bit-identical to one-token steps, see stepwise.py)")
+    ap.add_argument("--lookup-tokens", type=int, default=2,
+                    help="tokens copied per lookup round (fixed+lookup, lookup)")
+    ap.add_argument("--dtype", default="fp32", help="the target's dtype in the bench (fp32; "
+                    "bf16: verify rows bit-identical to one-token steps, see stepwise.py; "
+                    "which is faster depends on the CPU: bench_dtype_verify.py)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     out = args.out
@@ -138,9 +143,11 @@ def main() -> None:
     write_jsonl(out / "sweep.jsonl", [{"lr": float(k[0]), "ttt_steps": int(k[1]),
                                        "steps": args.sweep_steps, "heldout_tau": v}
                                       for k, v in results.items()])
-    run(DV + ["bench", "--dtype", args.dtype, "--draft", f"fixed={out / 'draft'}",
-              "--adaptive-draft",
-              f"adaptive={out / 'draft'}", "--chain", "--gamma", args.gamma,
+    draft = out / "draft"
+    run(DV + ["bench", "--dtype", args.dtype, "--draft", f"fixed={draft}",
+              "--adaptive-draft", f"adaptive={draft}", "--draft", f"fixed+lookup={draft}",
+              "--lookup", "fixed+lookup", "--lookup", "lookup",
+              "--lookup-tokens", args.lookup_tokens, "--chain", "--gamma", args.gamma,
               "--adaptive-gamma", args.adaptive_gamma,
               "--peer", "prompt-lookup", "--per-category", args.bench_per_category,
               "--turns", "1", "--max-new-tokens", "64", "--runs", args.bench_runs,

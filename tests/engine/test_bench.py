@@ -129,6 +129,9 @@ def test_cli_bench_writes_the_report(saved, tmp_path):
     (["generate", "hi", "--max-new-tokens", "0"], "at least 1"),
     (["bench", "--draft", "nameonly"], "NAME=DIR"),
     (["bench", "--adaptive-draft", "x"], "--adaptive-draft takes NAME=DIR"),
+    (["bench", "--lookup", "plain"], "--lookup takes a variant name"),
+    (["bench", "--lookup", "x", "--lookup-tokens", "0"], "--lookup-tokens >= 1"),
+    (["generate", "hi", "--lookup-tokens", "-1"], "lookup >= 0"),
     (["generate", "hi", "--draft", "{draft}", "--adaptive"], "needs a draft and chain"),
     (["bench", "--questions", "{missing}"], "questions not found"),
     (["generate", "hi", "--draft", "{foreign}"], "not an EAGLE-3 draft"),
@@ -176,3 +179,22 @@ def test_cli_bench_runs_transformers_peers_beside_ours(saved, tmp_path):
     bad = runner.invoke(app, ["bench", "--target", str(target_dir), "--peer", "medusa",
                               "-o", str(tmp_path / "x")])
     assert bad.exit_code == 1 and "--peer is one of hf-generate, prompt-lookup" in bad.output
+
+
+def test_cli_bench_runs_lookup_rounds_with_and_without_a_draft(saved, tmp_path):
+    target_dir, draft_dir = saved
+    out = tmp_path / "lookup"
+    res = runner.invoke(app, ["bench", "--target", str(target_dir), "--draft", f"d={draft_dir}",
+                              "--draft", f"d+lookup={draft_dir}", "--lookup", "d+lookup",
+                              "--lookup", "lookup", "--lookup-tokens", "3", "--chain",
+                              "--gamma", "2", "--per-category", "1", "--turns", "1",
+                              "--max-new-tokens", "24", "--runs", "1", "-o", str(out), "--json"])
+    assert res.exit_code == 0, res.output
+    report = json.loads((out / "report.json").read_text())
+    assert report["variants"] == ["plain", "d", "d+lookup", "lookup"]
+    assert not any(report["greedy_mismatches"].values())
+    overall = report["table"]["overall"]
+    assert overall["plain"]["lookup_share"][0] == overall["d"]["lookup_share"][0] == 0
+    # a random tiny target repeats itself: copied tokens are verified (and accepted) often
+    assert overall["lookup"]["lookup_share"][0] > 0 and overall["d+lookup"]["lookup_share"][0] > 0
+    assert overall["lookup"]["accept_length"][0] > 1 and overall["lookup"]["draft_share"][0] == 0

@@ -40,7 +40,7 @@ def build_decoder(target, draft_dir: str | Path | None, options: DecodeOptions |
     return decoder_for(target, draft, tree=o.tree, depth=o.depth, topk=o.topk,
                        total_tokens=o.total_tokens, gamma=o.gamma, blocks=o.blocks,
                        width=o.width, branch=o.branch, policy=o.policy, bandit=bandit,
-                       adaptive=o.adaptive)
+                       adaptive=o.adaptive, lookup=o.lookup)
 
 
 def open_endpoint(url: str, model: str | None = None, api_key: str | None = None):
@@ -156,17 +156,23 @@ def _endpoints(items: list[str], taken: set[str], model: str | None,
 
 
 def _variants(tgt, specs: list[tuple[str, Path]], adaptive: set[str], adaptive_gamma: int | None,
-              peers: list[str], prompt_lookup_tokens: int, decoding: DecodeOptions) -> dict:
-    """In-process variants: "plain", one decoder per draft, then the peers."""
+              peers: list[str], prompt_lookup_tokens: int, decoding: DecodeOptions,
+              lookups: list[str] = (), lookup_tokens: int = 2) -> dict:
+    """In-process variants: "plain", one decoder per draft (with lookup rounds if named in
+    `lookups`), our exact prompt lookup for the other `lookups` names, then the peers."""
     from draftvocab.engine.decode import DecodeOptions, SpeculativeDecoder
 
     variants: dict[str, Any] = {"plain": SpeculativeDecoder(tgt)}
     for name, path in specs:
-        o = dataclasses.replace(decoding or DecodeOptions(), adaptive=name in adaptive)
+        o = dataclasses.replace(decoding or DecodeOptions(), adaptive=name in adaptive,
+                                lookup=lookup_tokens if name in lookups else 0)
         if o.adaptive:  # a chain whose length adapts, up to --adaptive-gamma
             o = dataclasses.replace(o, tree=False, gamma=o.gamma if adaptive_gamma is None
                                     else adaptive_gamma)
         variants[name] = build_decoder(tgt, path, o)
+    for name in lookups:
+        if name not in variants:
+            variants[name] = SpeculativeDecoder(tgt, lookup=lookup_tokens)
     if peers:
         from draftvocab.engine.peers import HFGenerate
 
@@ -179,7 +185,8 @@ def _variants(tgt, specs: list[tuple[str, Path]], adaptive: set[str], adaptive_g
 def bench(*, drafts: Sequence[str] = (), adaptive_drafts: Sequence[str] = (),
           adaptive_gamma: int | None = None, endpoints: Sequence[str] = (),
           model: str | None = None, api_key: str | None = None, peers: Sequence[str] = (),
-          prompt_lookup_tokens: int = 10, local: bool | None = None,
+          prompt_lookup_tokens: int = 10, lookups: Sequence[str] = (), lookup_tokens: int = 2,
+          local: bool | None = None,
           target: str | Path | None = None, dtype: str = "fp32",
           questions: str | Path | None = None, per_category: int | None = None,
           turns: int | None = None, max_new_tokens: int = 128, runs: int = 3,
@@ -189,7 +196,10 @@ def bench(*, drafts: Sequence[str] = (), adaptive_drafts: Sequence[str] = (),
     writes report.md, report.json and throughput.png into `out`.
 
     `drafts` / `adaptive_drafts` are `NAME=DIR` items, `endpoints` `[NAME=]URL` items (servers
-    asked greedy and streamed), `peers` any of `PEERS`. `local` runs plain decoding in-process
+    asked greedy and streamed), `peers` any of `PEERS`. `lookups` names variants whose greedy
+    rounds verify up to `lookup_tokens` tokens copied from the context where it offers them
+    (`engine.lookup`): a draft's name gives that draft lookup rounds, any other name is exact
+    prompt lookup without a draft. `local` runs plain decoding in-process
     (default: unless only endpoints are given) with the target in `dtype` (`fp32`, `bf16`:
     every variant shares it). `progress` (`api.inputs.Progress`) counts requests in stage
     "benchmark".
@@ -207,7 +217,7 @@ def bench(*, drafts: Sequence[str] = (), adaptive_drafts: Sequence[str] = (),
         raise DraftVocabError("--runs and --max-new-tokens must be at least 1")
     parse_dtype(dtype)
     local = local if local is not None else (not endpoints or bool(drafts) or bool(peers)
-                                             or target is not None)
+                                             or bool(lookups) or target is not None)
     if (drafts or peers) and not local:
         raise DraftVocabError("--draft and --peer run in-process: drop --no-local")
     peer_names = list(dict.fromkeys(peers))
@@ -217,7 +227,15 @@ def bench(*, drafts: Sequence[str] = (), adaptive_drafts: Sequence[str] = (),
     specs = _named(list(drafts), "--draft", {"plain", *PEERS})
     adaptive = _named(list(adaptive_drafts), "--adaptive-draft", {"plain", *PEERS, *dict(specs)})
     specs += adaptive
-    servers = _endpoints(list(endpoints), {"plain", *PEERS, *dict(specs)} if local else set(),
+    lookups = list(dict.fromkeys(lookups))
+    if lookup_tokens < 1 or {"plain", *PEERS} & set(lookups) or "" in lookups:
+        raise DraftVocabError("--lookup takes a variant name (a --draft's, or a new one for "
+                              "prompt lookup without a draft; not plain or a --peer); "
+                              "--lookup-tokens >= 1")
+    if lookups and not local:
+        raise DraftVocabError("--lookup runs in-process: drop --no-local")
+    servers = _endpoints(list(endpoints),
+                         {"plain", *PEERS, *dict(specs), *lookups} if local else set(),
                          model, api_key)
     out = Path(out)
     check_output_dir(out)
@@ -226,7 +244,7 @@ def bench(*, drafts: Sequence[str] = (), adaptive_drafts: Sequence[str] = (),
     if local:
         tgt = _load(target or DEFAULT_TARGET, [p for _, p in specs], dtype)
         variants = _variants(tgt, specs, set(dict(adaptive)), adaptive_gamma, peer_names,
-                             prompt_lookup_tokens, decoding)
+                             prompt_lookup_tokens, decoding, lookups, lookup_tokens)
     progress = progress or quiet
     progress("benchmark", 0, runs * sum(len(q.turns) for q in qs))
     report = run_benchmark(tgt, variants, qs, max_new_tokens=max_new_tokens, runs=runs,

@@ -61,6 +61,12 @@ AdaptiveOpt = Annotated[bool, typer.Option(
     "step) from measured costs and recent acceptance.")]
 
 
+LookupOpt = Annotated[int, typer.Option(
+    "--lookup-tokens", help="Greedy, EAGLE-3 or no draft: in rounds where the context's last "
+    "tokens occurred before, verify up to N tokens that followed them (prompt lookup) instead "
+    "of drafting; 0 = off.")]
+
+
 @app.command(epilog="Examples:\n\n"
              "  draftvocab serve                                   # SmolLM2-135M, plain, "
              "port 8000\n\n"
@@ -92,6 +98,7 @@ def serve(
     policy: PolicyOpt = None,
     bandit: BanditOpt = False,
     adaptive: AdaptiveOpt = False,
+    lookup_tokens: LookupOpt = 0,
     template_kwargs: KwargsOpt = None,
 ) -> None:
     """An OpenAI-compatible server (chat and text completions, streaming, /v1/models) over the
@@ -106,7 +113,7 @@ def serve(
 
     decoding = DecodeOptions(tree=tree, depth=depth, topk=topk, total_tokens=total_tokens,
                              gamma=gamma, blocks=blocks, branch=branch, policy=policy,
-                             bandit=bandit, adaptive=adaptive)
+                             bandit=bandit, adaptive=adaptive, lookup=lookup_tokens)
     r = api.serve(target=target, draft=draft, host=host, port=port, model_name=model_name,
                   queue=queue, max_tokens=max_tokens, decoding=decoding,
                   template_kwargs=template_kwargs, on_ready=ready)
@@ -117,7 +124,9 @@ def serve(
 @app.command(epilog="Examples:\n\n"
              "  draftvocab generate 'Why is the sky blue?'                  # plain target\n\n"
              "  draftvocab generate 'Why is the sky blue?' --draft draft/   # speculative\n\n"
-             "  draftvocab generate 'Tell a story' --draft draft/ --temperature 0.8 --chain")
+             "  draftvocab generate 'Tell a story' --draft draft/ --temperature 0.8 --chain\n\n"
+             "  draftvocab generate 'Summarize: ...' --draft draft/ --chain --gamma 2 "
+             "--lookup-tokens 2   # copy from the prompt where it can")
 @_fail_cleanly
 def generate(
     prompt: Annotated[str, typer.Argument(help="The user message (rendered with the target's "
@@ -139,6 +148,7 @@ def generate(
     branch: BranchOpt = 4,
     policy: PolicyOpt = None,
     adaptive: AdaptiveOpt = False,
+    lookup_tokens: LookupOpt = 0,
     as_json: JsonOpt = False,
 ) -> None:
     """Generate one answer, plainly or speculatively (greedy output is the target's own)."""
@@ -146,7 +156,7 @@ def generate(
 
     decoding = DecodeOptions(tree=tree, depth=depth, topk=topk, total_tokens=total_tokens,
                              gamma=gamma, blocks=blocks, branch=branch, policy=policy,
-                             adaptive=adaptive)
+                             adaptive=adaptive, lookup=lookup_tokens)
     r = api.generate(prompt, target=target, draft=draft, max_new_tokens=max_new_tokens,
                      temperature=temperature, top_p=top_p, seed=seed, decoding=decoding)
     if as_json:
@@ -167,7 +177,9 @@ def generate(
              "  draftvocab bench --draft trimmed=runs/draft-trimmed --endpoint "
              "served=http://127.0.0.1:8000/v1 -o overhead/   # in-process beside a server\n\n"
              "  draftvocab bench --draft trimmed=runs/draft-trimmed --peer prompt-lookup "
-             "--peer hf-generate -o peers/   # beside transformers' decoding")
+             "--peer hf-generate -o peers/   # beside transformers' decoding\n\n"
+             "  draftvocab bench --draft d=runs/draft --draft d+lookup=runs/draft --lookup "
+             "d+lookup --lookup lookup --chain --gamma 2 -o lookup/   # copy from the context")
 @_fail_cleanly
 def bench(
     draft: Annotated[list[str] | None, typer.Option(
@@ -195,6 +207,13 @@ def bench(
         "draft).")] = None,
     prompt_lookup_tokens: Annotated[int, typer.Option(
         "--prompt-lookup-tokens", help="prompt-lookup: tokens proposed per round.")] = 10,
+    lookup: Annotated[list[str] | None, typer.Option(
+        "--lookup", help="A variant with lookup rounds (repeatable): a --draft or "
+        "--adaptive-draft NAME gives that draft rounds that verify tokens copied from the "
+        "context where it offers them; a new NAME is our exact prompt lookup, no draft.")]
+    = None,
+    lookup_tokens: Annotated[int, typer.Option(
+        "--lookup-tokens", help="--lookup variants: tokens copied per round, at most.")] = 2,
     local: Annotated[bool | None, typer.Option(
         "--local/--no-local", help="Run plain decoding (and --draft) in-process too; default: "
         "yes without --endpoint, and with it only if --draft or --target is given.",
@@ -236,7 +255,8 @@ def bench(
         r = api.bench(drafts=draft or [], adaptive_drafts=adaptive_draft or [],
                       adaptive_gamma=adaptive_gamma, endpoints=endpoint or [], model=model_name,
                       api_key=api_key, peers=peer or [],
-                      prompt_lookup_tokens=prompt_lookup_tokens, local=local, target=target,
+                      prompt_lookup_tokens=prompt_lookup_tokens, lookups=lookup or [],
+                      lookup_tokens=lookup_tokens, local=local, target=target,
                       dtype=dtype, questions=questions, per_category=per_category, turns=turns,
                       max_new_tokens=max_new_tokens, runs=runs, decoding=decoding, out=out,
                       progress=bar)

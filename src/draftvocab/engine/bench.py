@@ -178,7 +178,7 @@ def _local(decoder, target, prompt: list[int], max_new_tokens: int):
     row = {"tokens": len(res.tokens), "seconds": wall, "ttft": res.prefill_seconds,
            "target_forwards": res.target_forwards, "accepted": sum(res.accept_lengths),
            "draft_seconds": res.draft_seconds, "target_seconds": res.target_seconds,
-           "draft_forwards": res.draft_forwards}
+           "draft_forwards": res.draft_forwards, "lookup_rounds": res.lookup_rounds}
     return row, list(ids), target.tokenizer.decode(ids, skip_special_tokens=False)
 
 
@@ -257,7 +257,7 @@ def _metric(runs: list[dict], fn, *keys: str) -> tuple[float, float] | None:
 
 
 _SUMS = ("tokens", "seconds", "ttft", "target_forwards", "accepted", "draft_seconds",
-         "target_seconds", "draft_forwards")
+         "target_seconds", "draft_forwards", "lookup_rounds")
 
 
 def summarise(rows, names, runs, mismatches, max_new_tokens) -> dict[str, Any]:
@@ -291,6 +291,10 @@ def summarise(rows, names, runs, mismatches, max_new_tokens) -> dict[str, Any]:
                     "draft_seconds", "target_seconds"),
                 "draft_forwards_per_token": metric(
                     lambda a: a["draft_forwards"] / max(a["tokens"], 1), "draft_forwards"),
+                # rounds that verified context-copied tokens (lookup.py), of all target forwards
+                "lookup_share": metric(
+                    lambda a: a["lookup_rounds"] / max(a["target_forwards"], 1),
+                    "lookup_rounds", "target_forwards"),
                 "requests": int(runs_[0]["requests"]) if runs_ else 0,
             }
     base = names[0]
