@@ -18,8 +18,8 @@ Steps (under --out, default runs/speedup):
  5. sweep-*/        --sweep-steps steps for each lr x TTT depth; held-out τ picks the best
  6. draft/          the best setting for --steps steps (training.png: acc and τ vs tokens)
  7. bench/          `draftvocab bench --dtype fp32`: plain, draft at fixed γ = 2, adaptive
-                    γ <= 4, the draft with lookup rounds (fixed+lookup), our exact prompt
-                    lookup without a draft (lookup), transformers' prompt lookup,
+                    γ <= 4, both with lookup rounds (fixed+lookup, adaptive+lookup), our
+                    exact prompt lookup without a draft (lookup), transformers' prompt lookup,
                     interleaved, 3 runs, 95 % CI, per category
 """
 
@@ -146,7 +146,8 @@ def main() -> None:
     draft = out / "draft"
     run(DV + ["bench", "--dtype", args.dtype, "--draft", f"fixed={draft}",
               "--adaptive-draft", f"adaptive={draft}", "--draft", f"fixed+lookup={draft}",
-              "--lookup", "fixed+lookup", "--lookup", "lookup",
+              "--adaptive-draft", f"adaptive+lookup={draft}", "--lookup", "fixed+lookup",
+              "--lookup", "adaptive+lookup", "--lookup", "lookup",
               "--lookup-tokens", args.lookup_tokens, "--chain", "--gamma", args.gamma,
               "--adaptive-gamma", args.adaptive_gamma,
               "--peer", "prompt-lookup", "--per-category", args.bench_per_category,
