@@ -4,8 +4,8 @@ then plain vs fixed-γ vs adaptive-γ vs prompt lookup on Spec-Bench, side by si
 Every step is a `draftvocab` command (printed before it runs) or a few lines of Python here;
 a step whose output exists is skipped, so a cut run resumes where it stopped.
 
-    python benchmarks/speedup.py --regen-samples 280 --lrs 3e-3 --ttts 3 --sweep-steps 10 \
-        --steps 300                                   # the README's run (about 70 min here)
+    python benchmarks/speedup.py --regen-samples 160 --lrs 3e-3 --ttts 3 --sweep-steps 10 \
+        --steps 300 --dtype bf16 --lookup-tokens 3    # the README's run (53 min here)
     python benchmarks/speedup.py                      # all prompts and the full sweep (~2 h)
     python benchmarks/speedup.py --regen-samples 120 --sweep-steps 20 --steps 100   # smaller
 
@@ -17,7 +17,7 @@ Steps (under --out, default runs/speedup):
  4. features/       target features of train.jsonl, computed once (`train --cache-features`)
  5. sweep-*/        --sweep-steps steps for each lr x TTT depth; held-out τ picks the best
  6. draft/          the best setting for --steps steps (training.png: acc and τ vs tokens)
- 7. bench/          `draftvocab bench --dtype fp32`: plain, draft at fixed γ = 2, adaptive
+ 7. bench/          `draftvocab bench --dtype DTYPE`: plain, draft at fixed γ = 2, adaptive
                     γ <= 4, both with lookup rounds (fixed+lookup, adaptive+lookup), our
                     exact prompt lookup without a draft (lookup), transformers' prompt lookup,
                     interleaved, 3 runs, 95 % CI, per category
