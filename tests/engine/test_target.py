@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import types
-
 import torch
 
 from draftvocab.engine.target import eagle3_layers, load_target
@@ -51,29 +49,55 @@ def test_real_smollm2_target_loads_offline_and_answers():
     assert "4" in tok.decode(out[0, len(ids):])
 
 
-def test_few_row_products_pick_a_measured_form_and_stay_exact(monkeypatch):
-    """fp32 decode-sized products take W·xᵀ or x·Wᵀ, whichever this machine runs faster
-    (timed once per shape and row count); either is the same product."""
-    from draftvocab.engine import target as target_mod
+def test_few_row_forwards_take_a_measured_form_and_stay_exact(tiny_target):
+    """An fp32 CPU forward of a few rows runs its products in the form whole forwards timed
+    fastest for that row count (once per row count); every form gives the same logits."""
+    from draftvocab.engine.rowforms import candidate_forms
 
-    monkeypatch.setattr(target_mod, "_FORMS", {})
-    torch.manual_seed(0)
-    layer = torch.nn.Linear(64, 300)
-    layer.forward = types.MethodType(target_mod._few_rows_linear, layer)
-    for rows in (1, 2, 3, 5):
-        x = torch.randn(1, rows, 64)
-        with torch.no_grad():
-            got = layer(x)
-        want = torch.nn.functional.linear(x, layer.weight, layer.bias)
-        assert got.shape == want.shape and torch.allclose(got, want, atol=1e-5, rtol=1e-5)
-    assert set(target_mod._FORMS) == {(300, 64, r) for r in (1, 2, 3, 5)}
-    # forced either way, the product is the same
-    for faster in (True, False):
-        monkeypatch.setattr(target_mod, "_FORMS", {(300, 64, 3): faster})
-        with torch.no_grad():
-            assert torch.allclose(layer(x[:, :3]), torch.nn.functional.linear(
-                x[:, :3], layer.weight, layer.bias), atol=1e-5, rtol=1e-5)
-    with torch.enable_grad():  # training keeps nn.Linear's own path, no timing
-        monkeypatch.setattr(target_mod, "_FORMS", {})
-        layer(x)
-        assert target_mod._FORMS == {}
+    ids = torch.tensor([[5, 9, 13, 2, 7, 11]])
+    cache = tiny_target.forward(ids[:, :4]).past_key_values
+    assert 4 in tiny_target._forms  # the prefill's row count was timed too
+    step = ids[:, 4:]
+    got = tiny_target.forward(step, past=cache)
+    assert tiny_target._forms[2] in candidate_forms(2)
+    chosen = dict(tiny_target._forms)
+    cache.crop(-2)
+    tiny_target.forward(step, past=cache)
+    assert tiny_target._forms == chosen  # measured once
+    for rows in (1, 2):
+        for form in candidate_forms(rows):
+            tiny_target._forms[rows] = form
+            cache.crop(-2)
+            out = tiny_target.forward(step[:, :rows], past=cache)
+            cache.crop(-rows)
+            tiny_target._forms[rows] = None  # nn.Linear's own path
+            want = tiny_target.forward(step[:, :rows], past=cache)
+            assert torch.allclose(out.logits, want.logits, atol=1e-5, rtol=1e-5), form
+            assert torch.allclose(out.logits, got.logits[:, :rows], atol=1e-4, rtol=1e-4)
+            cache.crop(-rows)
+            tiny_target.forward(step, past=cache)  # back to 6 tokens
+    assert tiny_target._form(17) is None  # large batches keep nn.Linear's own path
+    tiny_target._forms.update(chosen)
+
+
+def test_choosing_forms_times_every_form_even_with_grad_enabled(tiny_target, monkeypatch):
+    """`bench` chooses before any request, outside no_grad: the timing must still run each
+    form (with grad on, every Linear would take nn.Linear's path and the choice be noise)."""
+    from collections import Counter
+
+    from draftvocab.engine import rowforms
+
+    calls = Counter()
+    for name, fn in list(rowforms.FORMS.items()):
+        monkeypatch.setitem(rowforms.FORMS, name,
+                            lambda *a, name=name, fn=fn: calls.update([name]) or fn(*a))
+    saved = dict(tiny_target._forms)
+    tiny_target._forms.clear()
+    try:
+        with torch.enable_grad():
+            chosen = tiny_target.choose_forms(2)
+    finally:
+        tiny_target._forms.clear()
+        tiny_target._forms.update(saved)
+    assert set(chosen) == {1, 2}
+    assert {"x·Wᵀ", "W·xᵀ", "paired"} <= set(calls)

@@ -26,6 +26,7 @@ import torch
 from draftvocab.core.assets import cache_dir, load_tokenizer, sha256_text
 from draftvocab.core.atomic import atomic_directory
 from draftvocab.core.errors import DraftVocabError
+from draftvocab.engine.rowforms import candidate_forms, few_rows_linear, use_form
 from draftvocab.engine.stepwise import install, stepwise_rows
 
 DEFAULT_TARGET = "smollm2-135m"
@@ -67,7 +68,7 @@ class Target:
             p.requires_grad_(False)
         for module in self.model.modules():
             if type(module) is torch.nn.Linear:
-                module.forward = types.MethodType(_few_rows_linear, module)
+                module.forward = types.MethodType(few_rows_linear, module)
         self.tokenizer = tokenizer
         self.config = model.config
         blocks = _decoder_layers(model)
@@ -81,6 +82,7 @@ class Target:
         if self.stepwise:
             install(self.model)
         self._captured: dict[int, torch.Tensor] = {}
+        self._forms: dict[int, str] = {}  # rows -> the fastest product form (rowforms.py)
         for i in self.layers:
             blocks[i].register_forward_pre_hook(self._hook(i), with_kwargs=True)
 
@@ -142,10 +144,11 @@ class Target:
         `use_cache=False` (training) builds no KV cache."""
         if past is None and use_cache:
             past = self.new_cache()
+        form = self._form(input_ids.numel())
         self._captured.clear()
         rows = (stepwise_rows(attention_mask) if self.stepwise and attention_mask is not None
                 and attention_mask.dim() == 4 else contextlib.nullcontext())
-        with rows:
+        with rows, use_form(form):
             out = self.model(input_ids=input_ids, past_key_values=past,
                              position_ids=position_ids, attention_mask=attention_mask,
                              use_cache=use_cache)
@@ -153,61 +156,41 @@ class Target:
         hidden = torch.cat([self._captured.pop(i) for i in self.layers], dim=-1)
         return TargetOutput(out.logits, hidden, out.past_key_values if use_cache else None)
 
+    def choose_forms(self, max_rows: int = 16) -> dict[int, str]:
+        """Time the product forms for 1..max_rows rows now (fp32 CPU; nothing otherwise), so
+        that no timed request pays for it (`bench` calls it first)."""
+        for rows in range(1, max_rows + 1):
+            self._form(rows)
+        return dict(self._forms)
 
-def _few_rows_linear(self: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
-    """`nn.Linear.forward`, but a CPU inference call on a few rows (a decode step, a verify)
-    may compute W·xᵀ instead of x·Wᵀ: the same product, for which MKL may pick a far faster
-    kernel — or a far slower one, depending on the CPU. On an AMD EPYC a 3-row product with
-    the 49,152-row LM head took 41 ms as x·Wᵀ and 8 ms as W·xᵀ; on a Xeon with AMX the other
-    way round (7.5 ms against 12.7, and 4× on the 1,536-row MLP), which made a 3-row verify
-    cost 2× a plain step. So the fp32 form is measured per (shape, rows) on first use
-    (`_faster_form`). Training and large batches keep the usual path."""
-    rows = x.numel() // max(x.shape[-1], 1)
-    if x.device.type == "cpu" and x.dtype != torch.float32 and x.dim() >= 2 and rows == 1:
-        # bf16/fp16: oneDNN's one-row kernel splits the reduction across threads, so a row's
-        # result differs from the same row in a multi-row call (down_proj here); computing
-        # one row as two makes every row bit-identical whatever the row count (and costs
-        # nothing: a 2-row bf16 product is as fast as a 1-row one on this CPU).
-        two = torch.nn.functional.linear(torch.cat([x, x], dim=-2), self.weight, self.bias)
-        return two.narrow(-2, 0, 1)
-    if (x.device.type != "cpu" or torch.is_grad_enabled() or x.dim() < 2
-            or x.dtype != torch.float32 or rows > 16
-            or not _faster_form(self.weight, rows)):
-        return torch.nn.functional.linear(x, self.weight, self.bias)
-    return _transposed(self.weight, self.bias, x, rows)
+    @torch.no_grad()  # the forms apply to inference only: timed with grad, all would be one
+    def _form(self, rows: int) -> str | None:
+        """How this fp32 CPU target computes its Linears on `rows` rows (a decode step, a
+        verify): the fastest of `rowforms.candidate_forms`, timed on first use by whole
+        forwards over a 32-token cache (about 1 s for each row count: the forms' speed
+        inside the model, not of each product alone). None: the usual path."""
+        if self.device.type != "cpu" or self.dtype != torch.float32 or rows > 16:
+            return None
+        if rows not in self._forms:
+            import time
 
-
-def _transposed(weight, bias, x, rows):
-    y = torch.matmul(weight, x.reshape(rows, x.shape[-1]).t()).t()
-    if bias is not None:
-        y = y + bias
-    return y.reshape(*x.shape[:-1], weight.shape[0])
-
-
-_FORMS: dict[tuple[int, int, int], bool] = {}  # (out, in, rows) -> W·xᵀ is faster (fp32 CPU)
-
-
-def _faster_form(weight: torch.Tensor, rows: int) -> bool:
-    """Whether W·xᵀ beats x·Wᵀ for `rows` rows times this weight's shape on this machine:
-    timed once per process and shape (best of 3 after a warm-up; a few ms, the LM head's
-    ~0.1 s). Both forms are exact products; only their speed differs."""
-    key = (weight.shape[0], weight.shape[1], rows)
-    if key not in _FORMS:
-        import time
-
-        x = torch.randn(rows, weight.shape[1], dtype=weight.dtype)
-        best = []
-        for form in (lambda: torch.nn.functional.linear(x, weight),
-                     lambda: _transposed(weight, None, x, rows)):
-            form()
-            times = []
-            for _ in range(3):
-                t0 = time.perf_counter()
-                form()
-                times.append(time.perf_counter() - t0)
-            best.append(min(times))
-        _FORMS[key] = best[1] < best[0]
-    return _FORMS[key]
+            cache = self.new_cache()
+            n = 32
+            self.model(input_ids=torch.arange(n).unsqueeze(0) % self.vocab_size,
+                       past_key_values=cache)
+            step = torch.full((1, rows), 100 % self.vocab_size)
+            best = {}
+            for form in candidate_forms(rows):
+                times = []
+                with use_form(form):
+                    for _ in range(4):  # the first is a warm-up
+                        t0 = time.perf_counter()
+                        self.model(input_ids=step, past_key_values=cache)
+                        times.append(time.perf_counter() - t0)
+                        cache.crop(-rows)
+                best[form] = min(times[1:])
+            self._forms[rows] = min(best, key=best.get)
+        return self._forms[rows]
 
 
 def _decoder_layers(model) -> torch.nn.ModuleList:
