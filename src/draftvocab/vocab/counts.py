@@ -122,10 +122,16 @@ def worker_pool(workers: int, spans: ChatSpans):
                               "rerun with --workers 1 to see why") from None
     except BaseException:
         processes = list((getattr(pool, "_processes", None) or {}).values())
+        manager = getattr(pool, "_executor_manager_thread", None)
         pool.shutdown(wait=False, cancel_futures=True)
         for p in processes:
             with contextlib.suppress(Exception):
                 p.kill()
+        if manager is not None:
+            # its exit closes its wakeup pipe; still running at interpreter exit, the atexit
+            # hook of Python < 3.12 writes to that closed pipe (an OSError traceback)
+            manager.join(timeout=5)
+        del manager
         raise
     pool.shutdown(wait=True)
 
