@@ -66,8 +66,8 @@ def few_rows_linear(self: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
         # nothing: a 2-row bf16 product is as fast as a 1-row one on this CPU).
         two = torch.nn.functional.linear(torch.cat([x, x], dim=-2), self.weight, self.bias)
         return two.narrow(-2, 0, 1)
-    form = getattr(_active, "form", None)
-    if (form is None or x.device.type != "cpu" or torch.is_grad_enabled() or x.dim() < 2
-            or x.dtype != torch.float32 or rows > 16 or form not in candidate_forms(rows)):
+    form = getattr(_active, "form", None)  # set only for fp32 CPU forwards of <= 16 rows
+    if (form is None or torch.is_grad_enabled() or x.dim() < 2
+            or form not in candidate_forms(rows)):
         return torch.nn.functional.linear(x, self.weight, self.bias)
     return FORMS[form](self.weight, self.bias, x, rows)
