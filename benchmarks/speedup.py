@@ -17,8 +17,9 @@ Steps (under --out, default runs/speedup):
  4. features/       target features of train.jsonl, computed once (`train --cache-features`)
  5. sweep-*/        --sweep-steps steps for each lr x TTT depth; held-out τ picks the best
  6. draft/          the best setting for --steps steps (training.png: acc and τ vs tokens)
- 7. bench/          `draftvocab bench --dtype DTYPE`: plain, draft at fixed γ = 2, adaptive
-                    γ <= 4, both with lookup rounds (fixed+lookup, adaptive+lookup), our
+ 7. bench/          `draftvocab bench --dtype DTYPE`: plain, draft at fixed γ = 2, as a small
+                    dynamic tree (--tree: depth 2, top-3, 5 nodes), adaptive γ <= 4, each
+                    with lookup rounds too (fixed+lookup, tree+lookup, adaptive+lookup), our
                     exact prompt lookup without a draft (lookup), transformers' prompt lookup,
                     interleaved, 3 runs, 95 % CI, per category
 """
@@ -97,6 +98,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=400)
     ap.add_argument("--gamma", type=int, default=2, help="fixed chain length")
     ap.add_argument("--adaptive-gamma", type=int, default=4, help="longest adaptive chain")
+    ap.add_argument("--tree", default="2,3,5", help="DEPTH,TOPK,TOTAL of the tree variant "
+                    "(EAGLE-2 dynamic tree; bf16 verify rows are cheap: bench_dtype_verify.py)")
     ap.add_argument("--bench-per-category", type=int, default=2)
     ap.add_argument("--bench-runs", type=int, default=3)
     ap.add_argument("--lookup-tokens", type=int, default=2,
@@ -144,7 +147,11 @@ def main() -> None:
                                        "steps": args.sweep_steps, "heldout_tau": v}
                                       for k, v in results.items()])
     draft = out / "draft"
+    depth, topk, total = args.tree.split(",")
     run(DV + ["bench", "--dtype", args.dtype, "--draft", f"fixed={draft}",
+              "--tree-draft", f"tree={draft}", "--tree-draft", f"tree+lookup={draft}",
+              "--lookup", "tree+lookup", "--depth", depth, "--topk", topk,
+              "--total-tokens", total,
               "--adaptive-draft", f"adaptive={draft}", "--draft", f"fixed+lookup={draft}",
               "--adaptive-draft", f"adaptive+lookup={draft}", "--lookup", "fixed+lookup",
               "--lookup", "adaptive+lookup", "--lookup", "lookup",

@@ -93,6 +93,26 @@ def test_bench_writes_the_report_it_returns(saved, tmp_path):
     assert not (tmp_path / "x").exists()
 
 
+def test_tree_drafts_decode_as_trees_beside_chains(saved, tmp_path):
+    """--tree-draft: one run compares a chain and a tree of the same draft, both lossless."""
+    from draftvocab.api.decoding import _variants
+
+    target, target_dir, draft_dir, _ = saved
+    chain = DecodeOptions(tree=False, gamma=2, depth=2, topk=2, total_tokens=3)
+    variants = _variants(target, [("c", draft_dir), ("t", draft_dir)], set(), None, [], 10,
+                         chain, ["t"], 2, trees={"t"})
+    assert (variants["c"].tree, variants["t"].tree) == (False, True)
+    assert (variants["t"].total_tokens, variants["t"].lookup, variants["c"].lookup) == (3, 2, 0)
+    r = bench(drafts=[f"c={draft_dir}"], tree_drafts=[f"t={draft_dir}"], target=target_dir,
+              per_category=1, turns=1, max_new_tokens=6, runs=1, decoding=chain,
+              out=tmp_path / "b")
+    assert r.to_json()["variants"] == ["plain", "c", "t"]
+    assert not any(r.report["greedy_mismatches"].values())
+    with pytest.raises(DraftVocabError, match="'c' is taken"):
+        bench(drafts=[f"c={draft_dir}"], tree_drafts=[f"c={draft_dir}"], target=target_dir,
+              out=tmp_path / "x")
+
+
 def test_regenerate_writes_resumes_and_reports(saved, tmp_path):
     _, target_dir, _, data = saved
     out = tmp_path / "regen.jsonl"

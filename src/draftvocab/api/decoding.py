@@ -157,9 +157,12 @@ def _endpoints(items: list[str], taken: set[str], model: str | None,
 
 def _variants(tgt, specs: list[tuple[str, Path]], adaptive: set[str], adaptive_gamma: int | None,
               peers: list[str], prompt_lookup_tokens: int, decoding: DecodeOptions,
-              lookups: list[str] = (), lookup_tokens: int = 2) -> dict:
+              lookups: list[str] = (), lookup_tokens: int = 2, trees: set[str] = frozenset()
+              ) -> dict:
     """In-process variants: "plain", one decoder per draft (with lookup rounds if named in
-    `lookups`), our exact prompt lookup for the other `lookups` names, then the peers."""
+    `lookups`; an EAGLE-2 dynamic tree if named in `trees`, whatever `decoding.tree` says, so
+    one run compares chains and trees), our exact prompt lookup for the other `lookups` names,
+    then the peers."""
     from draftvocab.engine.decode import DecodeOptions, SpeculativeDecoder
 
     variants: dict[str, Any] = {"plain": SpeculativeDecoder(tgt)}
@@ -169,6 +172,8 @@ def _variants(tgt, specs: list[tuple[str, Path]], adaptive: set[str], adaptive_g
         if o.adaptive:  # a chain whose length adapts, up to --adaptive-gamma
             o = dataclasses.replace(o, tree=False, gamma=o.gamma if adaptive_gamma is None
                                     else adaptive_gamma)
+        elif name in trees:
+            o = dataclasses.replace(o, tree=True)
         variants[name] = build_decoder(tgt, path, o)
     for name in lookups:
         if name not in variants:
@@ -183,7 +188,7 @@ def _variants(tgt, specs: list[tuple[str, Path]], adaptive: set[str], adaptive_g
 
 
 def bench(*, drafts: Sequence[str] = (), adaptive_drafts: Sequence[str] = (),
-          adaptive_gamma: int | None = None, endpoints: Sequence[str] = (),
+          tree_drafts: Sequence[str] = (), adaptive_gamma: int | None = None, endpoints: Sequence[str] = (),
           model: str | None = None, api_key: str | None = None, peers: Sequence[str] = (),
           prompt_lookup_tokens: int = 10, lookups: Sequence[str] = (), lookup_tokens: int = 2,
           local: bool | None = None,
@@ -195,7 +200,8 @@ def bench(*, drafts: Sequence[str] = (), adaptive_drafts: Sequence[str] = (),
     """Spec-Bench throughput: plain against speculative decoding, interleaved, mean ± 95 % CI;
     writes report.md, report.json and throughput.png into `out`.
 
-    `drafts` / `adaptive_drafts` are `NAME=DIR` items, `endpoints` `[NAME=]URL` items (servers
+    `drafts` / `adaptive_drafts` / `tree_drafts` (decoded as `decoding`'s dynamic tree even
+    beside chains) are `NAME=DIR` items, `endpoints` `[NAME=]URL` items (servers
     asked greedy and streamed), `peers` any of `PEERS`. `lookups` names variants whose greedy
     rounds verify up to `lookup_tokens` tokens copied from the context where it offers them
     (`engine.lookup`): a draft's name gives that draft lookup rounds, any other name is exact
@@ -226,7 +232,9 @@ def bench(*, drafts: Sequence[str] = (), adaptive_drafts: Sequence[str] = (),
                               f"{', '.join(peer_names)}); --prompt-lookup-tokens >= 1")
     specs = _named(list(drafts), "--draft", {"plain", *PEERS})
     adaptive = _named(list(adaptive_drafts), "--adaptive-draft", {"plain", *PEERS, *dict(specs)})
-    specs += adaptive
+    trees = _named(list(tree_drafts), "--tree-draft", {"plain", *PEERS, *dict(specs),
+                                                     *dict(adaptive)})
+    specs += adaptive + trees
     lookups = list(dict.fromkeys(lookups))
     if lookup_tokens < 1 or {"plain", *PEERS} & set(lookups) or "" in lookups:
         raise DraftVocabError("--lookup takes a variant name (a --draft's, or a new one for "
@@ -244,7 +252,8 @@ def bench(*, drafts: Sequence[str] = (), adaptive_drafts: Sequence[str] = (),
     if local:
         tgt = _load(target or DEFAULT_TARGET, [p for _, p in specs], dtype)
         variants = _variants(tgt, specs, set(dict(adaptive)), adaptive_gamma, peer_names,
-                             prompt_lookup_tokens, decoding, lookups, lookup_tokens)
+                             prompt_lookup_tokens, decoding, lookups, lookup_tokens,
+                             set(dict(trees)))
     progress = progress or quiet
     progress("benchmark", 0, runs * sum(len(q.turns) for q in qs))
     report = run_benchmark(tgt, variants, qs, max_new_tokens=max_new_tokens, runs=runs,

@@ -189,6 +189,10 @@ def bench(
         "--adaptive-draft", help="NAME=DIR of an EAGLE-3 draft decoded as a chain whose length "
         "(<= --gamma, 0 = a plain step) is chosen every round from measured costs and recent "
         "acceptance (repeatable; beside --draft to compare).")] = None,
+    tree_draft: Annotated[list[str] | None, typer.Option(
+        "--tree-draft", help="NAME=DIR of an EAGLE-3 draft decoded as the dynamic tree of "
+        "--depth/--topk/--total-tokens even with --chain (repeatable; beside --draft to "
+        "compare chain and tree in one run).")] = None,
     adaptive_gamma: Annotated[int | None, typer.Option(
         "--adaptive-gamma", help="Longest chain of --adaptive-draft variants (default: "
         "--gamma).", show_default=False)] = None,
@@ -253,6 +257,7 @@ def bench(
                              bandit=bandit)
     with _Bars() as bar:
         r = api.bench(drafts=draft or [], adaptive_drafts=adaptive_draft or [],
+                      tree_drafts=tree_draft or [],
                       adaptive_gamma=adaptive_gamma, endpoints=endpoint or [], model=model_name,
                       api_key=api_key, peers=peer or [],
                       prompt_lookup_tokens=prompt_lookup_tokens, lookups=lookup or [],
