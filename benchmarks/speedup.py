@@ -4,8 +4,10 @@ then plain vs fixed-γ vs adaptive-γ vs prompt lookup on Spec-Bench, side by si
 Every step is a `draftvocab` command (printed before it runs) or a few lines of Python here;
 a step whose output exists is skipped, so a cut run resumes where it stopped.
 
+    python benchmarks/speedup.py --lrs 3e-3 --ttts 3 --sweep-steps 10 --steps 500 \
+        --dtype bf16 --lookup-tokens 3    # the README's latest run (about 1 h 40 min here)
     python benchmarks/speedup.py --regen-samples 160 --lrs 3e-3 --ttts 3 --sweep-steps 10 \
-        --steps 300 --dtype bf16 --lookup-tokens 3    # the README's run (53 min here)
+        --steps 300 --dtype bf16 --lookup-tokens 3    # the third pass's run (53 min here)
     python benchmarks/speedup.py                      # all prompts and the full sweep (~2 h)
     python benchmarks/speedup.py --regen-samples 120 --sweep-steps 20 --steps 100   # smaller
 

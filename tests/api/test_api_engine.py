@@ -111,6 +111,10 @@ def test_tree_drafts_decode_as_trees_beside_chains(saved, tmp_path):
     with pytest.raises(DraftVocabError, match="'c' is taken"):
         bench(drafts=[f"c={draft_dir}"], tree_drafts=[f"c={draft_dir}"], target=target_dir,
               out=tmp_path / "x")
+    with pytest.raises(DraftVocabError, match="run in-process: drop --no-local"):
+        bench(tree_drafts=[f"t={draft_dir}"], endpoints=["http://127.0.0.1:9/v1"],
+              local=False, out=tmp_path / "x")
+    assert not (tmp_path / "x").exists()
 
 
 def test_regenerate_writes_resumes_and_reports(saved, tmp_path):

@@ -188,7 +188,8 @@ def _variants(tgt, specs: list[tuple[str, Path]], adaptive: set[str], adaptive_g
 
 
 def bench(*, drafts: Sequence[str] = (), adaptive_drafts: Sequence[str] = (),
-          tree_drafts: Sequence[str] = (), adaptive_gamma: int | None = None, endpoints: Sequence[str] = (),
+          tree_drafts: Sequence[str] = (), adaptive_gamma: int | None = None,
+          endpoints: Sequence[str] = (),
           model: str | None = None, api_key: str | None = None, peers: Sequence[str] = (),
           prompt_lookup_tokens: int = 10, lookups: Sequence[str] = (), lookup_tokens: int = 2,
           local: bool | None = None,
@@ -222,10 +223,12 @@ def bench(*, drafts: Sequence[str] = (), adaptive_drafts: Sequence[str] = (),
     if runs < 1 or max_new_tokens < 1:
         raise DraftVocabError("--runs and --max-new-tokens must be at least 1")
     parse_dtype(dtype)
-    local = local if local is not None else (not endpoints or bool(drafts) or bool(peers)
+    in_process = [*drafts, *adaptive_drafts, *tree_drafts, *peers]
+    local = local if local is not None else (not endpoints or bool(in_process)
                                              or bool(lookups) or target is not None)
-    if (drafts or peers) and not local:
-        raise DraftVocabError("--draft and --peer run in-process: drop --no-local")
+    if in_process and not local:
+        raise DraftVocabError("--draft, --adaptive-draft, --tree-draft and --peer run "
+                              "in-process: drop --no-local")
     peer_names = list(dict.fromkeys(peers))
     if set(peer_names) - PEERS or prompt_lookup_tokens < 1:
         raise DraftVocabError(f"--peer is one of {', '.join(sorted(PEERS))} (got "
