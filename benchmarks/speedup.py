@@ -101,7 +101,7 @@ def main() -> None:
     ap.add_argument("--gamma", type=int, default=2, help="fixed chain length")
     ap.add_argument("--adaptive-gamma", type=int, default=4, help="longest adaptive chain")
     ap.add_argument("--tree", default="2,3,5", help="DEPTH,TOPK,TOTAL of the tree variant "
-                    "(EAGLE-2 dynamic tree; bf16 verify rows are cheap: bench_dtype_verify.py)")
+                    "(EAGLE-2 dynamic tree, --tree-draft)")
     ap.add_argument("--bench-per-category", type=int, default=2)
     ap.add_argument("--bench-runs", type=int, default=3)
     ap.add_argument("--lookup-tokens", type=int, default=2,
