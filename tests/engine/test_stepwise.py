@@ -72,3 +72,30 @@ def test_dtype_names():
     assert parse_dtype("bf16") is torch.bfloat16 and parse_dtype("fp32") is torch.float32
     with pytest.raises(DraftVocabError, match="--dtype is one of fp32, bf16"):
         parse_dtype("fp8")
+
+
+def test_tree_rows_leave_the_cache_tensors_as_they_found_them(smol_bf16):
+    """Tree rows borrow cache slots for their ancestors' keys (`stepwise.attention`); every
+    slot holds its own key and value again once the layer's attention returns."""
+    from transformers import AttentionInterface
+
+    from draftvocab.engine import stepwise
+
+    t, calls = smol_bf16, []
+
+    def checked(module, query, key, value, attention_mask, **kwargs):
+        before = key.clone(), value.clone()
+        out = stepwise.attention(module, query, key, value, attention_mask, **kwargs)
+        calls.append(torch.equal(key, before[0]) and torch.equal(value, before[1]))
+        return out
+
+    prompt = t.prompt_ids([{"role": "user", "content": "Name a colour."}])
+    nodes = [DraftNode(11, -1, 1), DraftNode(12, -1, 1), DraftNode(13, 1, 2),
+             DraftNode(14, 0, 2), DraftNode(15, 2, 3)]
+    cache = t.forward(torch.tensor([prompt])).past_key_values
+    AttentionInterface.register(stepwise.NAME, checked)
+    try:
+        verify(t, nodes, 504, len(prompt), cache)
+    finally:
+        AttentionInterface.register(stepwise.NAME, stepwise.attention)
+    assert len(calls) == t.config.num_hidden_layers and all(calls)

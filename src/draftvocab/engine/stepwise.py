@@ -9,14 +9,19 @@ flipped the greedy token at 29 of 1,152 Spec-Bench positions (in fp32 the differ
 and was never seen to flip one). So inside `stepwise_rows(mask)`, an attention call with a 4D
 mask (a verify) runs each query row as its own one-query SDPA over just the keys that row sees,
 in cache order — the very call a plain decode step makes (both in the packed grouped-query
-form, `_one_query`, which is also 5x faster in bf16 than SDPA's `enable_gqa`). Every other call
-(prefill, batches) is transformers' SDPA unchanged.
+form, `_one_query`, which is also 5x faster in bf16 than SDPA's `enable_gqa`). A tree row's
+keys that are not a prefix of the cache (its ancestors) are moved into place in the cache
+tensor for its call and put back after, rather than gathered with the whole prefix per row and
+layer: a 6-row tree verify over 1,000 cached tokens went from 1.89 to 1.44 plain steps
+(`benchmarks/bench_tree_verify.py`). Every other call (prefill, batches) is transformers' SDPA
+unchanged.
 """
 
 from __future__ import annotations
 
 import contextlib
 import contextvars
+from dataclasses import dataclass
 
 import torch
 
@@ -35,25 +40,35 @@ def stepwise_rows(mask: torch.Tensor):
         _ROWS.reset(token)
 
 
-def _visible_keys(mask: torch.Tensor) -> list[tuple[int, torch.Tensor | None]]:
-    """Per query row: (number of keys it sees, their indices, or None when they are a prefix)."""
+@dataclass(frozen=True)
+class Rows:
+    """Which keys each verify row sees, worked out once per forward (not per layer). Row r
+    sees `seen[r]` keys: a prefix of the cache when `moves[r]` is None, else the keys 0..m0-1
+    followed by tail keys `m0 + moves[r]` (its ancestors, in cache order)."""
+
+    seen: list[int]
+    moves: list[torch.Tensor | None]
+    m0: int  # the first cache slot any row borrows
+
+
+def _visible_keys(mask: torch.Tensor) -> Rows:
     rows = mask[0, 0]
-    out = []
-    for row in (rows if rows.dtype == torch.bool else rows == 0):
-        idx = row.nonzero().squeeze(1)
-        n = idx.numel()  # sorted, distinct: a prefix iff the last is n - 1
-        out.append((n, None if n and int(idx[-1]) == n - 1 else idx))
-    return out
+    visible = [row.nonzero().squeeze(1)
+               for row in (rows if rows.dtype == torch.bool else rows == 0)]
+    prefix = []  # per row: the length m of the key prefix 0..m-1 it sees whole
+    for idx in visible:  # sorted, distinct: idx[j] == j up to the first gap
+        gaps = (idx != torch.arange(idx.numel(), device=idx.device)).nonzero()
+        prefix.append(int(gaps[0]) if gaps.numel() else idx.numel())
+    m0 = min((m for m, idx in zip(prefix, visible) if m < idx.numel()), default=0)
+    moves = [None if m == idx.numel() else idx[m0:] - m0 for m, idx in zip(prefix, visible)]
+    return Rows([idx.numel() for idx in visible], moves, m0)
 
 
-def _one_query(query, key, value, scale):
-    """One query row [B, H, 1, D] over key/value [B, Hkv, n, D], no mask: the query heads of
-    each key head packed as rows (transformers' `pack_gqa`). SDPA's `enable_gqa` form of the
+def _one_query(packed, key, value, scale):
+    """One query row, its heads packed per key head [B, Hkv, H/Hkv, D] (transformers'
+    `pack_gqa`), over key/value [B, Hkv, n, D], no mask. SDPA's `enable_gqa` form of the
     same product took 5x longer in bf16 here (326 vs 61 us over 752 keys)."""
-    b, h, _, d = query.shape
-    packed = query.reshape(b, key.shape[1], h // key.shape[1], d)
-    out = torch.nn.functional.scaled_dot_product_attention(packed, key, value, scale=scale)
-    return out.reshape(b, h, 1, d)
+    return torch.nn.functional.scaled_dot_product_attention(packed, key, value, scale=scale)
 
 
 def attention(module, query, key, value, attention_mask, **kwargs):
@@ -62,19 +77,39 @@ def attention(module, query, key, value, attention_mask, **kwargs):
     run `_one_query`; anything else is transformers' SDPA."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-    rows = _ROWS.get()
+    rows: Rows | None = _ROWS.get()
     scale = kwargs.get("scaling")
-    if query.shape[2] == 1 and attention_mask is None and kwargs.get("dropout", 0.0) == 0.0:
-        return _one_query(query, key, value, scale).transpose(1, 2).contiguous(), None
-    if (rows is None or query.shape[0] != 1 or attention_mask is None
-            or attention_mask.dim() != 4 or len(rows) != query.shape[2]):
+    b, h, q, d = query.shape
+    hkv = key.shape[1]
+    if q == 1 and attention_mask is None and kwargs.get("dropout", 0.0) == 0.0:
+        out = _one_query(query.reshape(b, hkv, h // hkv, d), key, value, scale)
+        return out.reshape(b, h, 1, d).transpose(1, 2).contiguous(), None
+    if (rows is None or b != 1 or attention_mask is None or attention_mask.dim() != 4
+            or len(rows.seen) != q):
         return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
-    outs = []
-    for r, (n, idx) in enumerate(rows):
-        k, v = ((key[:, :, :n], value[:, :, :n]) if idx is None
-                else (key.index_select(2, idx), value.index_select(2, idx)))
-        outs.append(_one_query(query[:, :, r:r + 1], k, v, scale))
-    return torch.cat(outs, dim=2).transpose(1, 2).contiguous(), None
+    # Every row packed at once: row r's packed heads are packed[r], contiguous as a decode
+    # step's. A tree row sees the prefix 0..m0-1 and some later keys (its ancestors): those
+    # are copied into slots m0.. of the cache tensor itself, so that the row attends over a
+    # view of it as a decode step would; the slots are restored after the last row. (Gathering
+    # the whole prefix per row instead cost more than the rows' attention on long prompts.)
+    packed = query[0].transpose(0, 1).reshape(q, hkv, h // hkv, d)
+    outs: list[torch.Tensor | None] = [None] * q
+    order = sorted(range(q), key=lambda r: rows.moves[r] is not None)  # prefix rows first
+    tail = None
+    try:
+        for r in order:
+            n, move = rows.seen[r], rows.moves[r]
+            if move is not None:
+                if tail is None:
+                    tail = key[:, :, rows.m0:].clone(), value[:, :, rows.m0:].clone()
+                key[:, :, rows.m0:n] = tail[0].index_select(2, move)
+                value[:, :, rows.m0:n] = tail[1].index_select(2, move)
+            outs[r] = _one_query(packed[r:r + 1], key[:, :, :n], value[:, :, :n], scale)
+    finally:
+        if tail is not None:
+            key[:, :, rows.m0:], value[:, :, rows.m0:] = tail
+    out = torch.cat(outs, dim=2)  # [1, Hkv, q * H/Hkv, D], rows in order
+    return out.reshape(hkv, q, h // hkv, d).permute(1, 0, 2, 3).reshape(1, q, h, d), None
 
 
 def install(model) -> None:
