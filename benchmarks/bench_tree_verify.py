@@ -7,7 +7,7 @@ on the real target.
 
 The tree is the bench's depth-2, top-3, 5-node shape (root, 3 children, 2 grandchildren under
 different children); the chain is γ = 2. Prints, per cache length, the median ms of one target
-forward and its ratio to the plain step, as JSON.
+forward, its ratio to the plain step and the ms spent inside attention (all layers), as JSON.
 """
 
 from __future__ import annotations
@@ -57,22 +57,37 @@ def main() -> None:
             DraftNode(14, 0, 2), DraftNode(15, 1, 2)]
     ways = {"plain": ([], stepwise.attention), "chain γ=2": (chain, stepwise.attention),
             "tree, in place": (tree, stepwise.attention), "tree, gathered": (tree, gathered)}
+    inside = [0.0]  # seconds inside attention during the current forward
+
+    def timed(attention):
+        def call(*args, **kwargs):
+            t0 = time.perf_counter()
+            try:
+                return attention(*args, **kwargs)
+            finally:
+                inside[0] += time.perf_counter() - t0
+        return call
+
     out = {}
     try:
         for n in (int(x) for x in a.lengths.split(",")):
             cache = target.forward(torch.randint(100, 40000, (1, n))).past_key_values
             times: dict[str, list[float]] = {w: [] for w in ways}
+            attn: dict[str, list[float]] = {w: [] for w in ways}
             for _ in range(a.reps):
                 for way, (nodes, attention) in ways.items():
-                    AttentionInterface.register(stepwise.NAME, attention)
+                    AttentionInterface.register(stepwise.NAME, timed(attention))
+                    inside[0] = 0.0
                     t0 = time.perf_counter()
                     verify(target, nodes, 5, n, cache)
                     times[way].append(time.perf_counter() - t0)
+                    attn[way].append(inside[0])
                     cache.crop(-(len(nodes) + 1))
             med = {w: statistics.median(t[2:]) * 1e3 for w, t in times.items()}
-            out[f"{n} cached tokens"] = {w: {"ms": round(ms, 1),
-                                             "x_step": round(ms / med["plain"], 2)}
-                                         for w, ms in med.items()}
+            out[f"{n} cached tokens"] = {
+                w: {"ms": round(ms, 1), "x_step": round(ms / med["plain"], 2),
+                    "attention_ms": round(statistics.median(attn[w][2:]) * 1e3, 1)}
+                for w, ms in med.items()}
     finally:
         AttentionInterface.register(stepwise.NAME, stepwise.attention)
     print(json.dumps(out, indent=2, ensure_ascii=False))

@@ -6,6 +6,9 @@ decoding and each draft on the same Spec-Bench prompts:
 
     python benchmarks/profile_decode.py --draft trimmed=runs/draft-trimmed \\
         --draft full=runs/draft-full --chain --gamma 2 --prompts 6 --max-new-tokens 64
+    python benchmarks/profile_decode.py --dtype bf16 --draft chain=runs/speedup-full/draft \\
+        --tree-draft tree=runs/speedup-full/draft --chain --depth 2 --topk 3 --total-tokens 5 \\
+        --prompts 12    # chain vs tree of one draft, and each round's cost in plain steps
 
 SpecBlock drafts (detected from their config) use --blocks/--branch/--policy; their drafting
 row includes the catch-up, which shares block 1's forward. Rows starting "in drafting" are
@@ -26,7 +29,7 @@ from draftvocab.engine.bench import load_questions
 from draftvocab.engine.blockdecode import SpecBlockDecoder
 from draftvocab.engine.decode import SpeculativeDecoder, decoder_for
 from draftvocab.engine.drafters import aux_layers, load_draft
-from draftvocab.engine.target import load_target
+from draftvocab.engine.target import load_target, parse_dtype
 
 
 def _timed(totals, name, fn):
@@ -92,10 +95,20 @@ def profile(target, dec: SpeculativeDecoder, prompts, max_new_tokens: int) -> di
             "ms_per_target_forward": {k: 1e3 * v / max(forwards, 1) for k, v in totals.items()}}
 
 
+def _round_ms(r: dict) -> float:
+    """Wall ms of one round (a target step or verify with its drafting), prefill excluded."""
+    per = r["ms_per_target_forward"]
+    return 1e3 * r["seconds"] / max(r["target_forwards"], 1) - per.get("target prefill", 0.0)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--target", default="smollm2-135m")
     ap.add_argument("--draft", action="append", default=[], help="NAME=DIR (repeatable)")
+    ap.add_argument("--tree-draft", action="append", default=[],
+                    help="NAME=DIR decoded as the --depth/--topk/--total-tokens tree even with "
+                    "--chain, so a chain and a tree profile side by side (repeatable)")
+    ap.add_argument("--dtype", default="fp32", help="the target's dtype: fp32 | bf16")
     ap.add_argument("--prompts", type=int, default=6, help="Spec-Bench questions (1 per category)")
     ap.add_argument("--max-new-tokens", type=int, default=64)
     ap.add_argument("--chain", action="store_true")
@@ -109,18 +122,19 @@ def main() -> None:
     ap.add_argument("--json", action="store_true", help="print JSON instead of a table")
     args = ap.parse_args()
 
-    drafts = [item.partition("=")[2] for item in args.draft]
-    target = load_target(args.target, layers=aux_layers(drafts))
+    specs = [(item, False) for item in args.draft] + [(item, True) for item in args.tree_draft]
+    drafts = [item.partition("=")[2] for item, _ in specs]
+    target = load_target(args.target, layers=aux_layers(drafts), dtype=parse_dtype(args.dtype))
     qs = load_questions(per_category=max(1, args.prompts // 6), turns=1)[: args.prompts]
     prompts = []
     for q in qs:
         prompts.append(target.prompt_ids([{"role": "user", "content": q.turns[0]}]))
     prompts = [p for p in prompts if len(p) + args.max_new_tokens <= target.max_length]
     variants = {"plain": SpeculativeDecoder(target)}
-    for item in args.draft:
+    for item, tree in specs:
         name, _, path = item.partition("=")
         variants[name] = decoder_for(
-            target, load_draft(path, target), tree=not args.chain, gamma=args.gamma,
+            target, load_draft(path, target), tree=tree or not args.chain, gamma=args.gamma,
             depth=args.depth, topk=args.topk, total_tokens=args.total_tokens,
             blocks=args.blocks, branch=args.branch, policy=args.policy)
     torch.manual_seed(0)
@@ -133,8 +147,11 @@ def main() -> None:
     phases = sorted({k for r in results.values() for k in r["ms_per_token"]},
                     key=lambda k: -max(r["ms_per_token"].get(k, 0) for r in results.values()))
     names = list(results)
-    print(f"{len(prompts)} prompts, {args.max_new_tokens} new tokens, "
-          f"{'chain γ=' + str(args.gamma) if args.chain else 'tree'}; ms per generated token")
+    shape = f"tree depth {args.depth}, top-{args.topk}, {args.total_tokens} nodes"
+    print(f"{len(prompts)} prompts, {args.max_new_tokens} new tokens, {args.dtype}; "
+          f"{'chain γ=' + str(args.gamma) if args.chain else shape}"
+          f"{' (--tree-draft: ' + shape + ')' if args.tree_draft else ''}; "
+          "ms per generated token")
     print("| phase | " + " | ".join(names) + " |")
     print("|---|" + "---|" * len(names))
     for ph in phases:
@@ -143,6 +160,9 @@ def main() -> None:
     print("| **total** | " + " | ".join(f"{1e3 / results[n]['tok_per_s']:.1f}" for n in names)
           + " |")
     print("| tok/s | " + " | ".join(f"{results[n]['tok_per_s']:.1f}" for n in names) + " |")
+    plain_step = _round_ms(results["plain"])  # a round's cost in plain decoding's steps
+    print("| round cost (plain steps) | " + " | ".join(
+        f"{_round_ms(results[n]) / plain_step:.2f}" for n in names) + " |")
     print("| τ (mean accept length) | " + " | ".join(
         f"{results[n]['mean_accept_length']:.2f}" for n in names) + " |")
 

@@ -115,7 +115,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
 
     run(DV + ["optimize", "--preset", "smollm2-135m", "-o", args.mapping],
-        args.mapping / "vocab_mapping.safetensors")
+        args.mapping / "draft_vocab.json")
     run([sys.executable, HERE / "onpolicy_prompts.py", "--per-category", args.per_category,
          "-o", out / "prompts.jsonl"], out / "prompts.jsonl")
     regen = DV + ["regenerate", out / "prompts.jsonl", "--turns", "first", "--max-new-tokens",
