@@ -6,7 +6,9 @@ make an interrupted run look finished: `atomic` checks `check()` before it swaps
 place, with the two signals blocked around the swap itself, and the CLI exits 130 whenever one
 came. Worker processes ignore SIGINT — a terminal sends it to the whole process group, and the
 parent decides — and the parent stops them. A third signal exits at once, for a run stuck in
-code that ignores the first two.
+code that ignores the first two. An interrupt that lands where Python cannot raise it (a fork
+hook such as logging's, a finaliser) is still recorded; Python's "Exception ignored in ..."
+traceback for it is not printed, since `check()` ends the run with the one line anyway.
 
 Owns only signal handling; what an interrupted command leaves behind is `atomic.py`'s job.
 """
@@ -16,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import sys
 import threading
 from collections.abc import Iterator
 
@@ -30,6 +33,21 @@ def install() -> None:
     _owner[:] = [os.getpid()]
     for sig in SIGNALS:
         signal.signal(sig, _handle)
+    if sys.unraisablehook is not _unraisable:
+        _unraisable.previous = sys.unraisablehook
+        sys.unraisablehook = _unraisable
+
+
+def _unraisable(args) -> None:
+    """`sys.unraisablehook`: silent for our own KeyboardInterrupt raised where it could not
+    propagate (seen: SIGTERM during logging's after-fork hook as datasets forks a worker);
+    anything else goes to the hook that was there before."""
+    if issubclass(args.exc_type, KeyboardInterrupt) and _received:
+        return
+    _unraisable.previous(args)
+
+
+_unraisable.previous = sys.unraisablehook
 
 
 def _handle(signum: int, frame) -> None:
