@@ -26,6 +26,7 @@ SIGNALS = (signal.SIGINT, signal.SIGTERM)
 EXIT_CODE = 130
 _received: list[int] = []
 _owner: list[int] = []  # the process the handler was installed in
+_previous_unraisable = [sys.unraisablehook]  # the hook `install` replaced
 
 
 def install() -> None:
@@ -34,7 +35,7 @@ def install() -> None:
     for sig in SIGNALS:
         signal.signal(sig, _handle)
     if sys.unraisablehook is not _unraisable:
-        _unraisable.previous = sys.unraisablehook
+        _previous_unraisable[:] = [sys.unraisablehook]
         sys.unraisablehook = _unraisable
 
 
@@ -44,10 +45,7 @@ def _unraisable(args) -> None:
     anything else goes to the hook that was there before."""
     if issubclass(args.exc_type, KeyboardInterrupt) and _received:
         return
-    _unraisable.previous(args)
-
-
-_unraisable.previous = sys.unraisablehook
+    _previous_unraisable[0](args)
 
 
 def _handle(signum: int, frame) -> None:

@@ -13,8 +13,8 @@ form, `_one_query`, which is also 5x faster in bf16 than SDPA's `enable_gqa`). A
 keys that are not a prefix of the cache (its ancestors) are moved into place in the cache
 tensor for its call and put back after, rather than gathered with the whole prefix per row and
 layer: a 6-row tree verify over 1,000 cached tokens went from 1.9–2.1 to 1.4–1.5 plain steps
-(`benchmarks/bench_tree_verify.py`, two runs). Every other call (prefill, batches) is transformers' SDPA
-unchanged.
+(`benchmarks/bench_tree_verify.py`, two runs). Every other call (prefill, batches) is
+transformers' SDPA unchanged.
 """
 
 from __future__ import annotations
