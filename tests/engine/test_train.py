@@ -320,6 +320,23 @@ def test_cli_train_json(hf_target_dir, data_file, examples, tmp_path):
         p.name for p in out.iterdir()}
 
 
+def test_cli_train_target_layers(hf_target_dir, data_file, tmp_path):
+    """--target-layers: the draft reads those layers, says so in config.json (what SGLang and
+    vLLM read), and decodes on a target loaded from that config."""
+    out = tmp_path / "draft"
+    r = CliRunner().invoke(app, [
+        "train", str(data_file), "--target", str(hf_target_dir), "-o", str(out),
+        "--max-steps", "2", "--batch-size", "2", "--ttt-steps", "2", "--max-len", "64",
+        "--target-layers", "0,1,2", "--json"])
+    assert r.exit_code == 0, r.output
+    config = json.loads((out / "config.json").read_text())
+    assert config["eagle_config"]["eagle_aux_hidden_state_layer_ids"] == [0, 1, 2]
+    assert make_tiny_target().layers != (0, 1, 2)  # not the default: the option did it
+    r = CliRunner().invoke(app, ["generate", "Hello", "--target", str(hf_target_dir),
+                                 "--draft", str(out), "--max-new-tokens", "4", "--json"])
+    assert r.exit_code == 0, r.output
+
+
 def test_cli_mapping_vocab_mismatch(hf_target_dir, data_file, tmp_path):
     v = len(make_tiny_target().tokenizer)
     write_mapping_files(tmp_path / "map", mapping_from_ids([1, 2, 3], v + 5))
@@ -337,6 +354,9 @@ def test_cli_mapping_vocab_mismatch(hf_target_dir, data_file, tmp_path):
     (["--ttt-steps", "0"], "ttt_steps"),
     (["--dtype", "fp16"], "dtype"),
     (["--mapping", "nowhere.pt"], "not found"),
+    (["--target-layers", "1,2"], "three comma-separated"),
+    (["--target-layers", "1,x,2"], "three comma-separated"),
+    (["--target-layers", "0,1,9"], "[0, 4)"),
 ])
 def test_cli_bad_values(hf_target_dir, data_file, tmp_path, args, words):
     r = CliRunner().invoke(app, ["train", str(data_file), "--target", str(hf_target_dir),

@@ -177,13 +177,16 @@ def train(data: str | Path | None = None, *, target: str = "smollm2-135m",
           eval_samples: int = 64, eval_every: int | None = None, eval_gamma: int = 3,
           skip_bad_lines: bool = False, template_kwargs: str | dict | None = None,
           supervise: str = "generated", leading_assistant: str = "drop",
+          target_layers: Sequence[int] | None = None,
           progress: Progress | None = None,
           on_step: Callable[[int, int, dict], None] | None = None) -> TrainRun:
     """Train a draft (`config`: an `engine.train.TrainConfig`; EAGLE-3 by default, SpecBlock
     with `drafter="specblock"`) on the target's hidden states for `data`, restricted to the
     vocabulary `mapping` (default: the full one), into `out/`. `cache_features` computes the
     target's features once into that directory; `eval_data` logs held-out chain τ while
-    training. `progress` (`api.inputs.Progress`) follows the feature cache in stage "target
+    training. `target_layers`: the three target layers the draft reads (SGLang's and vLLM's
+    `eagle_aux_hidden_state_layer_ids`, written to its config.json); default EAGLE-3's low,
+    middle and high. `progress` (`api.inputs.Progress`) follows the feature cache in stage "target
     features", then says stage "training" starts; `on_step(step, total, log_entry)` follows
     each optimizer step (loss, per-step accuracy).
 
@@ -220,7 +223,7 @@ def train(data: str | Path | None = None, *, target: str = "smollm2-135m",
     if mapping is not None:
         from draftvocab.vocab.mapping import load_mapping
         vocab_mapping = load_mapping(mapping)  # a bad file fails before the target loads
-    model = _quiet_target(target)
+    model = _quiet_target(target, target_layers)
     d2t = t2d = None
     if mapping is not None:
         from draftvocab.engine.train import mapping_tensors
@@ -262,7 +265,7 @@ def _cumulative(stage: str, progress: Progress | None):
     return report
 
 
-def _quiet_target(target: str):
+def _quiet_target(target: str, layers: Sequence[int] | None = None):
     """`load_target` without transformers' "Loading weights" bar before a one-line error."""
     from transformers.utils import logging as hf_logging
 
@@ -271,7 +274,7 @@ def _quiet_target(target: str):
     bar_was_on = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()
     try:
-        return load_target(target)
+        return load_target(target, layers=tuple(layers) if layers else None)
     finally:
         if bar_was_on:
             hf_logging.enable_progress_bar()

@@ -24,6 +24,7 @@ from draftvocab.cli.common import (
     app,
     err,
 )
+from draftvocab.core.errors import DraftVocabError
 
 
 class _TrainProgress:
@@ -162,7 +163,9 @@ def regenerate_cmd(
              "  draftvocab train chats.jsonl --target path/to/hf-model -o draft/ --dtype bf16 "
              "--json\n\n"
              "  draftvocab train regen.jsonl --mapping run/ --drafter specblock -o sb/   "
-             "# SpecBlock, K = 4, 2 layers")
+             "# SpecBlock, K = 4, 2 layers\n\n"
+             "  draftvocab train regen.jsonl --mapping run/ --target-layers 1,14,29 -o draft/   "
+             "# read the layer before the last as the high one")
 @_fail_cleanly
 def train_cmd(
     data: Annotated[str | None, typer.Argument(
@@ -230,6 +233,10 @@ def train_cmd(
     = None,
     eval_gamma: Annotated[int, typer.Option(
         "--eval-gamma", help="Chain length γ of the held-out τ.")] = 3,
+    target_layers: Annotated[str | None, typer.Option(
+        "--target-layers", help="The three target layers the draft reads, e.g. 1,14,29 (id i: "
+        "the hidden state entering decoder layer i, as SGLang's and vLLM's "
+        "eagle_aux_hidden_state_layer_ids). Default: EAGLE-3's low, middle, high.")] = None,
     skip_bad_lines: SkipOpt = False, template_kwargs: KwargsOpt = None,
     supervise: SuperviseOpt = "generated", leading_assistant: LeadingOpt = "drop",
     as_json: JsonOpt = False,
@@ -239,6 +246,7 @@ def train_cmd(
     from draftvocab.api.training import train
     from draftvocab.engine.train import TrainConfig
 
+    layers = _layer_ids(target_layers) if target_layers is not None else None
     config = TrainConfig(ttt_steps=ttt_steps, lr=lr, warmup_steps=warmup, batch_size=batch_size,
                          epochs=epochs, max_steps=max_steps, max_len=max_len, dtype=dtype,
                          save_every=save_every, seed=seed, drafter=drafter,
@@ -250,7 +258,8 @@ def train_cmd(
                     eval_data=eval_data, eval_samples=eval_samples, eval_every=eval_every,
                     eval_gamma=eval_gamma, skip_bad_lines=skip_bad_lines,
                     template_kwargs=template_kwargs, supervise=supervise,
-                    leading_assistant=leading_assistant, progress=bar, on_step=bar.step)
+                    leading_assistant=leading_assistant, target_layers=layers, progress=bar,
+                    on_step=bar.step)
     if as_json:
         _emit_json(run.to_json())
         return
@@ -267,3 +276,15 @@ def train_cmd(
                   f"rounds), acc@0 {h['acc'][0]:.3f}; curve: {escape(str(out / 'training.png'))}")
     if result.skipped:
         err.print(f"skipped: {result.skipped}")
+
+
+def _layer_ids(text: str) -> tuple[int, ...]:
+    """--target-layers "1,14,29" as ints; the target checks the range once it is loaded."""
+    try:
+        layers = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        layers = ()
+    if len(layers) != 3:
+        raise DraftVocabError(f"--target-layers takes three comma-separated layer ids, e.g. "
+                              f"1,14,29 (got '{text}')")
+    return layers
