@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from draftvocab.analysis.plots import plot_pareto, plot_utility
+from draftvocab.analysis.plots import plot_ceiling, plot_pareto, plot_utility, tokens_for_tau
 from draftvocab.vocab.flops import flops_breakdown
 from draftvocab.vocab.objective import make_objective
 from draftvocab.vocab.optimize import optimize_objective
@@ -44,3 +44,18 @@ def test_plots_write_png(tmp_path, objective, solver):
         "utility.png",
     ]
     assert plt.get_fignums() == []
+
+
+def test_tokens_for_tau_inverts_a_log_linear_curve():
+    tokens = [1e4, 3e4, 1e5, 3e5]
+    taus = [1.0 + 0.1 * np.log10(t) for t in tokens]  # +0.1 per decade
+    assert tokens_for_tau(tokens, taus, 1.0 + 0.1 * 7) == pytest.approx(1e7, rel=1e-6)
+    assert tokens_for_tau(tokens, taus[::-1], 2.0) is None  # falling: never
+
+
+def test_plot_ceiling(tmp_path):
+    evals = [{"tokens": t, "tau": 1.0 + 0.05 * np.log10(max(t, 1)), "gamma": 2}
+             for t in (0, 3e4, 1e5, 3e5)]
+    path = plot_ceiling(evals, {"fixed": 1.27}, {"fixed": 1.47, "adaptive": 1.38},
+                        tmp_path / "ceiling.png")
+    assert path.read_bytes().startswith(PNG_MAGIC)

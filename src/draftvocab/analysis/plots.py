@@ -347,3 +347,50 @@ def plot_training(log: list[dict], evals: list[dict], path: str | os.PathLike) -
     ax2.legend(lines, [line.get_label() for line in lines], fontsize=8, loc="lower right")
     ax2.set_title("held-out acceptance")
     return _save(fig, path)
+
+
+def tokens_for_tau(tokens: list[float], taus: list[float], tau: float) -> float | None:
+    """Training tokens at which τ = a + b·log10(tokens), fitted to the given points, reaches
+    `tau`; None when the fit does not rise. A straight line in log tokens is what the held-out
+    curves here look like past the first epoch, so this is an order of magnitude, no more."""
+    x = np.log10(np.asarray(tokens, dtype=float))
+    b, a = np.polyfit(x, np.asarray(taus, dtype=float), 1)
+    return float(10 ** ((tau - a) / b)) if b > 0 else None
+
+
+def plot_ceiling(evals: list[dict], reached: dict[str, float], needed: dict[str, float],
+                 path: str | os.PathLike, fit_from: int = 0) -> Path:
+    """Held-out τ against supervised training tokens (log axis) with the log-linear fit of
+    evals[fit_from:], the τ each variant needs for the goal (dotted lines) and the τ it reached
+    on the benchmark (markers at the final token count). The fit is drawn a second time shifted
+    down by the first variant's gap (held-out τ at the end − τ reached), to where it meets the
+    τ needed: benchmark prompts are further from the training data than held-out ones."""
+    fig = Figure(figsize=(7.5, 4.5))
+    ax = fig.subplots()
+    evals = [e for e in evals if e["tokens"] > 0]
+    x = np.array([e["tokens"] for e in evals], dtype=float)
+    y = np.array([e["tau"] for e in evals], dtype=float)
+    ax.plot(x, y, "o-", color="k", label=f"held-out τ (γ={evals[0]['gamma']})")
+    b, a = np.polyfit(np.log10(x[fit_from:]), y[fit_from:], 1)
+    gap = y[-1] - next(iter(reached.values())) if reached else 0.0
+    top = max([*needed.values(), *y]) + gap
+    end = tokens_for_tau(x[fit_from:], y[fit_from:], top) or x[-1]
+    grid = np.geomspace(x[fit_from], max(end, x[-1]), 50)
+    ax.plot(grid, a + b * np.log10(grid), "--", color="grey",
+            label=f"fit: τ = {a:.2f} + {b:.3f}·log10(tokens)")
+    if gap:
+        ax.plot(grid, a - gap + b * np.log10(grid), "-.", color="grey",
+                label=f"fit − {gap:.2f} (held-out → benchmark gap)")
+    for i, (name, tau) in enumerate(needed.items()):
+        color = f"C{i}"
+        ax.axhline(tau, ls=":", color=color, label=f"{name}: τ needed {tau:.2f}")
+        if name in reached:
+            ax.plot([x[-1]], [reached[name]], "s", color=color,
+                    label=f"{name}: τ reached {reached[name]:.2f}")
+    ax.set_xscale("log")
+    ax.set_xlabel("supervised training tokens")
+    ax.set_ylabel("τ (tokens per verify)")
+    ax.set_title("τ needed against τ reached against training tokens")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7, loc="lower right")
+    return _save(fig, path)
