@@ -24,6 +24,8 @@ Steps (under --out, default runs/speedup):
                     with lookup rounds too (fixed+lookup, tree+lookup, adaptive+lookup), our
                     exact prompt lookup without a draft (lookup), transformers' prompt lookup,
                     interleaved, 3 runs, 95 % CI, per category
+ 8. ceiling.md/png  per variant the τ 1.25× needs at its measured round cost; for the draft
+                    alone, the training tokens a log-linear fit of held-out τ needs to get there
 """
 
 from __future__ import annotations
