@@ -184,7 +184,8 @@ def ceiling(out: Path, goal: float = 1.25) -> None:
     log = json.loads((out / "draft" / "train_log.json").read_text())
     evals = [e for e in log["eval"] if e["tokens"] > 0][1:]  # the fit: past the first eval
     lines = [("| variant | τ | speed-up | round cost (plain steps) | τ needed for "
-             f"{goal:g}× | supervised tokens to reach it (log-linear fit of held-out τ, shifted by its gap to this τ) |"),
+             f"{goal:g}× | supervised tokens to reach it (log-linear fit of held-out τ, "
+             "shifted by its gap to this τ) |"),
              "|---|---|---|---|---|---|"]
     reached, needed = {}, {}
     for name in report["variants"][1:]:

@@ -349,12 +349,17 @@ def plot_training(log: list[dict], evals: list[dict], path: str | os.PathLike) -
     return _save(fig, path)
 
 
+def _log_fit(tokens, taus) -> tuple[float, float]:
+    """(a, b) of τ = a + b·log10(tokens), least squares."""
+    b, a = np.polyfit(np.log10(np.asarray(tokens, dtype=float)), np.asarray(taus, dtype=float), 1)
+    return float(a), float(b)
+
+
 def tokens_for_tau(tokens: list[float], taus: list[float], tau: float) -> float | None:
     """Training tokens at which τ = a + b·log10(tokens), fitted to the given points, reaches
     `tau`; None when the fit does not rise. A straight line in log tokens is what the held-out
     curves here look like past the first epoch, so this is an order of magnitude, no more."""
-    x = np.log10(np.asarray(tokens, dtype=float))
-    b, a = np.polyfit(x, np.asarray(taus, dtype=float), 1)
+    a, b = _log_fit(tokens, taus)
     return float(10 ** ((tau - a) / b)) if b > 0 else None
 
 
@@ -371,7 +376,7 @@ def plot_ceiling(evals: list[dict], reached: dict[str, float], needed: dict[str,
     x = np.array([e["tokens"] for e in evals], dtype=float)
     y = np.array([e["tau"] for e in evals], dtype=float)
     ax.plot(x, y, "o-", color="k", label=f"held-out τ (γ={evals[0]['gamma']})")
-    b, a = np.polyfit(np.log10(x[fit_from:]), y[fit_from:], 1)
+    a, b = _log_fit(x[fit_from:], y[fit_from:])
     gap = y[-1] - next(iter(reached.values())) if reached else 0.0
     top = max([*needed.values(), *y]) + gap
     end = tokens_for_tau(x[fit_from:], y[fit_from:], top) or x[-1]
