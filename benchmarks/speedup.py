@@ -56,10 +56,32 @@ def write_jsonl(path: Path, records: list[dict]) -> None:
     os.replace(tmp, path)
 
 
+def _leaks(messages: list[dict], held_prompts: list[str]) -> bool:
+    """True when a message's text is inside a held-out prompt: the prompts are built from
+    ShareGPT's turns (summarization and RAG wrap its answers), so a mixed-in conversation can
+    carry a held-out prompt's own text."""
+    texts = [t for t in ((m.get("content") or "").strip() for m in messages) if len(t) >= 40]
+    return any(t in p for t in texts for p in held_prompts)
+
+
+def _first_exchange(messages: list[dict]) -> list[dict] | None:
+    """The first user turn(s) and the assistant reply after them. A third of ShareGPT's
+    records are chunks of longer chats that open with an assistant turn: that turn answers no
+    prompt here (`count` leaves it out too), so the exchange starts at the first user turn."""
+    user = next((i for i, m in enumerate(messages) if m["role"] == "user"), None)
+    if user is None:
+        return None
+    reply = next((i for i in range(user, len(messages)) if messages[i]["role"] == "assistant"),
+                 None)
+    return None if reply is None else messages[user:reply + 1]
+
+
 def split_and_mix(out: Path, sharegpt: int, seed: int) -> None:
     """heldout.jsonl (every 8th regenerated conversation) and train.jsonl (the others, then the
-    first exchange of `sharegpt` ShareGPT conversations: features cost a target forward per
-    token, about 3 ms here, so the mix is kept to about 300k tokens)."""
+    first exchange of `sharegpt` ShareGPT conversations, labelled by the target's own soft
+    predictions like every example: their features cost a target forward, about 3 ms a token
+    here, where a regenerated answer costs ~45 ms a token). A ShareGPT conversation carrying a
+    held-out prompt's text is left out, so held-out τ measures prompts the draft never saw."""
     if (out / "train.jsonl").exists():
         print(f"# done: {out / 'train.jsonl'}")
         return
@@ -71,18 +93,23 @@ def split_and_mix(out: Path, sharegpt: int, seed: int) -> None:
     regen = [r for r in regen if r.get("generated_tokens")]
     held = regen[::8]
     train = [{"messages": r["messages"]} for i, r in enumerate(regen) if i % 8]
+    held_prompts = [m["content"] for r in held for m in r["messages"] if m["role"] == "user"]
+    leaked = 0
     if sharegpt:
         reader = read_conversations(get_preset("smollm2-135m").dataset_path(),
                                     skip_bad_lines=True, max_samples=sharegpt, seed=seed)
-        for c in reader:  # up to the first assistant turn; one that opens a conversation
-            # answers no prompt, so that record gives no example (as `count` skips it)
-            first = next((i for i, m in enumerate(c.messages) if m["role"] == "assistant"), None)
-            if first is not None:
-                train.append({"messages": c.messages[:first + 1]})
+        for c in reader:
+            exchange = _first_exchange(c.messages)
+            if exchange is None:
+                continue
+            if _leaks(exchange, held_prompts):
+                leaked += 1
+                continue
+            train.append({"messages": exchange})
     write_jsonl(out / "heldout.jsonl", [{"messages": r["messages"]} for r in held])
     write_jsonl(out / "train.jsonl", train)
     print(f"# {len(held)} held-out, {len(regen) - len(held)} on-policy + {sharegpt} ShareGPT "
-          "conversations")
+          f"conversations ({leaked} left out: they carry a held-out prompt's text)")
 
 
 def main() -> None:
