@@ -5,7 +5,9 @@ Every step is a `draftvocab` command (printed before it runs) or a few lines of 
 a step whose output exists is skipped, so a cut run resumes where it stopped.
 
     python benchmarks/speedup.py --lrs 3e-3 --ttts 3 --sweep-steps 10 --steps 500 \
-        --dtype bf16 --lookup-tokens 3    # the README's latest run (about 1 h 40 min here)
+        --dtype bf16 --lookup-tokens 3    # the fourth pass's run (about 1 h 40 min here)
+    python benchmarks/speedup.py --sharegpt 1000 --lrs 3e-3 --ttts 3 --sweep-steps 10 \
+        --steps 500 --dtype bf16 --lookup-tokens 3    # the seventh pass's (~1 h 50 min)
     python benchmarks/speedup.py --regen-samples 160 --lrs 3e-3 --ttts 3 --sweep-steps 10 \
         --steps 300 --dtype bf16 --lookup-tokens 3    # the third pass's run (53 min here)
     python benchmarks/speedup.py                      # all prompts and the full sweep (~2 h)
