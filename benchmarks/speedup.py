@@ -7,7 +7,7 @@ a step whose output exists is skipped, so a cut run resumes where it stopped.
     python benchmarks/speedup.py --lrs 3e-3 --ttts 3 --sweep-steps 10 --steps 500 \
         --dtype bf16 --lookup-tokens 3    # the fourth pass's run (about 1 h 40 min here)
     python benchmarks/speedup.py --sharegpt 1000 --lrs 3e-3 --ttts 3 --sweep-steps 10 \
-        --steps 500 --dtype bf16 --lookup-tokens 3    # the seventh pass's (~1 h 50 min)
+        --steps 500 --dtype bf16 --lookup-tokens 3    # the seventh pass's (1 h 45 min)
     python benchmarks/speedup.py --regen-samples 160 --lrs 3e-3 --ttts 3 --sweep-steps 10 \
         --steps 300 --dtype bf16 --lookup-tokens 3    # the third pass's run (53 min here)
     python benchmarks/speedup.py                      # all prompts and the full sweep (~2 h)
@@ -82,7 +82,7 @@ def split_and_mix(out: Path, sharegpt: int, seed: int) -> None:
     """heldout.jsonl (every 8th regenerated conversation) and train.jsonl (the others, then the
     first exchange of `sharegpt` ShareGPT conversations, labelled by the target's own soft
     predictions like every example: their features cost a target forward, about 3 ms a token
-    here, where a regenerated answer costs ~45 ms a token). A ShareGPT conversation carrying a
+    here, where a regenerated answer costs 35-45 ms a token). A ShareGPT conversation carrying a
     held-out prompt's text is left out, so held-out τ measures prompts the draft never saw."""
     if (out / "train.jsonl").exists():
         print(f"# done: {out / 'train.jsonl'}")
