@@ -67,15 +67,14 @@ def _leaks(messages: list[dict], held_prompts: list[str]) -> bool:
 
 
 def _first_exchange(messages: list[dict]) -> list[dict] | None:
-    """The first user turn(s) and the assistant reply after them. A third of ShareGPT's
+    """The conversation up to its first assistant reply to a prompt. A third of ShareGPT's
     records are chunks of longer chats that open with an assistant turn: that turn answers no
-    prompt here (`count` leaves it out too), so the exchange starts at the first user turn."""
-    user = next((i for i, m in enumerate(messages) if m["role"] == "user"), None)
-    if user is None:
-        return None
-    reply = next((i for i in range(user, len(messages)) if messages[i]["role"] == "assistant"),
-                 None)
-    return None if reply is None else messages[user:reply + 1]
+    prompt, so it is dropped (`drop_leading`, as `count` does) rather than taken as the reply."""
+    from draftvocab.chat.supervision import drop_leading
+
+    kept, _ = drop_leading(messages)
+    reply = next((i for i, m in enumerate(kept) if m["role"] == "assistant"), None)
+    return None if reply is None else kept[:reply + 1]
 
 
 def split_and_mix(out: Path, sharegpt: int, seed: int) -> None:

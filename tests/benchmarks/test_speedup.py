@@ -20,13 +20,14 @@ def _m(role, content):
     return {"role": role, "content": content}
 
 
-def test_first_exchange_starts_at_the_first_user_turn(speedup):
+def test_first_exchange_drops_leading_assistant_turns(speedup):
     chunk = [_m("assistant", "…the end of an earlier answer"), _m("user", "Why?"),
              _m("assistant", "Because."), _m("user", "And then?"), _m("assistant", "Done.")]
     assert speedup._first_exchange(chunk) == chunk[1:3]
-    two_users = [_m("system", "Be brief."), _m("user", "Hi."), _m("user", "Still there?"),
-                 _m("assistant", "Yes.")]
-    assert speedup._first_exchange(two_users) == two_users[1:]
+    # the system prompt is part of what the target answers; two user turns are one prompt
+    two_users = [_m("system", "Be brief."), _m("assistant", "Hello!"), _m("user", "Hi."),
+                 _m("user", "Still there?"), _m("assistant", "Yes.")]
+    assert speedup._first_exchange(two_users) == [two_users[0], *two_users[2:]]
     assert speedup._first_exchange([_m("assistant", "No prompt at all.")]) is None
     assert speedup._first_exchange([_m("user", "No reply.")]) is None
 
