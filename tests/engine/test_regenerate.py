@@ -7,6 +7,7 @@ KV cache, stop at <|im_end|>); batching, resuming and the CLI must all agree wit
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -60,8 +61,14 @@ def conversations(records=RECORDS) -> list[Conversation]:
     return list(read_conversations(records))
 
 
-def read_out(path: Path) -> list[dict]:
+def read_lines(path: Path) -> list[dict]:
+    """The output's records in file order: batches of prompts alike in length."""
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def read_out(path: Path) -> list[dict]:
+    """The output's records in input order."""
+    return sorted(read_lines(path), key=lambda r: int(re.search(r"(\d+)\D*$", r["id"])[1]))
 
 
 def greedy_reply(target, messages: list[dict], max_new: int = MAX_NEW) -> list[int]:
@@ -132,6 +139,35 @@ def test_batched_left_padding_equals_one_at_a_time(target, tmp_path):
     assert batched.written == alone.written == len(convs)
     assert read_out(tmp_path / "batched.jsonl") == read_out(tmp_path / "alone.jsonl")
     assert batched.generated_tokens == alone.generated_tokens
+
+
+def test_batches_hold_prompts_alike_in_length(target, tmp_path, monkeypatch):
+    import draftvocab.engine.regenerate as engine
+
+    widths: list[list[int]] = []
+    generate = engine._generate
+
+    def spy(target, prompts, settings):
+        widths.append([len(p) for p in prompts])
+        return generate(target, prompts, settings)
+
+    monkeypatch.setattr(engine, "_generate", spy)
+    convs = conversations()
+    first = [len(target.prompt_ids(c.messages[:next(i for i, m in enumerate(c.messages)
+                                                      if m["role"] == "assistant")]))
+             for c in convs]
+    assert first != sorted(first)  # input order would pad short prompts to long ones
+    regenerate(convs, target, tmp_path / "out.jsonl", batch_size=2, max_new_tokens=MAX_NEW,
+               turns="first")
+    assert [w for batch in widths for w in batch] == sorted(first)
+    # Resumed, the unfinished conversations come back in the very batches they were cut into.
+    lines = (tmp_path / "out.jsonl").read_text(encoding="utf-8").splitlines(keepends=True)
+    (tmp_path / "cut.jsonl").write_text("".join(lines[:2] + lines[4:]), encoding="utf-8")
+    widths.clear()
+    regenerate(convs, target, tmp_path / "cut.jsonl", batch_size=2, max_new_tokens=MAX_NEW,
+               turns="first")
+    assert widths == [sorted(first)[2:4]]
+    assert read_out(tmp_path / "cut.jsonl") == read_out(tmp_path / "out.jsonl")
 
 
 def test_stops_at_end_of_turn_while_the_batch_goes_on(tmp_path):
@@ -249,7 +285,7 @@ def test_resume_skips_finished_and_repairs_a_cut_line(target, tmp_path):
     assert out.read_bytes() == finished
 
     out.write_bytes(finished[:-15])  # killed mid-write of the last line
-    assert finished_ids(out) == set(ids[:-1])
+    assert finished_ids(out) == {json.loads(line)["id"] for line in finished.splitlines()[:-1]}
     assert out.read_bytes() == finished[:finished.rstrip(b"\n").rfind(b"\n") + 1]
     repaired = regenerate(read_conversations(data), target, out, **kwargs)
     assert (repaired.written, repaired.already_done) == (1, 5)
@@ -404,7 +440,7 @@ def test_counting_the_output_gives_back_the_generated_ids(tmp_path, monkeypatch)
     out = tmp_path / "regen.jsonl"
     stats = regenerate(conversations(records), target, out, batch_size=2, max_new_tokens=48)
     assert stats.written == 3 and len(generated) == 4
-    lines = read_out(out)
+    lines = read_lines(out)  # in the order counting and training read them
     truncated = sum(r.get("truncated_turns", 0) for r in lines)
     counted = count_tokens(read_conversations(out), ChatSpans(target.tokenizer),
                            target.vocab_size, workers=1)
@@ -413,7 +449,7 @@ def test_counting_the_output_gives_back_the_generated_ids(tmp_path, monkeypatch)
     expected[target.stop_ids[0]] += truncated  # a cut reply still ends its turn when rendered
     np.testing.assert_array_equal(counted.counts, expected)
     assert counted.metadata["left_out"] == {}  # regenerate dropped the leading turn itself
-    assert lines[1]["messages"][0]["role"] == "system"
+    assert read_out(out)[1]["messages"][0]["role"] == "system"
     # Training supervises the very same ids, spliced after prompts encoded as they were.
     from draftvocab.engine.train import encode_conversations
 

@@ -14,6 +14,7 @@ import json
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator
+from functools import partial
 from itertools import islice
 from pathlib import Path
 from typing import Any
@@ -92,7 +93,8 @@ def regenerate(
     start = time.perf_counter()
     out = None  # opened at the first finished conversation: an empty run creates no file
     try:
-        for batch in _batches(conversations, done, batch_size, stats, progress):
+        length = partial(_first_prompt_length, target, settings=settings)
+        for batch in _batches(conversations, done, batch_size, stats, progress, length):
             finished = _regenerate_batch(batch, target, settings, seed, stats, progress)
             lines = [json.dumps(w.record(settings.template_kwargs), ensure_ascii=False) + "\n"
                      for w in finished]
@@ -119,26 +121,46 @@ def _settings(target: Target, max_new_tokens: int, temperature: float, top_p: fl
                      dict(template_kwargs or {}), pad_id, stop_ids, max_prompt_tokens)
 
 
+# Conversations read ahead per batch and sorted by prompt length: a batch is padded to its
+# longest prompt, and a Spec-Bench-like mix runs from 30 to 950 tokens (its 567 prompts take
+# 330k padded prefill tokens in input order, 126k sorted, for 123k real ones).
+SORT_WINDOW = 16
+
+
 def _batches(conversations: Iterable[Conversation], done: set[str], batch_size: int,
-             stats: RegenerateStats,
-             progress: Callable[[int, int], None] | None) -> Iterator[list[RegenWork]]:
-    """Batches are cut from the input stream *before* finished conversations are dropped, so
-    an interrupted batch (written all at once or not at all) comes back on resume with the same
-    members, shapes and seed; a finished one comes back empty, or with only the conversations
-    it skipped (too long: skipped again without generating)."""
+             stats: RegenerateStats, progress: Callable[[int, int], None] | None,
+             length: Callable[[Conversation], int] = lambda c: 0) -> Iterator[list[RegenWork]]:
+    """Batches of conversations whose first prompts are alike in `length`: each window of
+    `batch_size * SORT_WINDOW` input conversations is sorted (stably) and cut into batches.
+
+    Windows are cut and sorted *before* finished conversations are dropped, so an interrupted
+    batch (written all at once or not at all) comes back on resume with the same members,
+    shapes and seed; a finished one comes back empty, or with only the conversations it
+    skipped (too long: skipped again without generating)."""
     it = iter(conversations)
-    while chunk := list(islice(it, batch_size)):
-        batch: list[RegenWork] = []
-        for conversation in chunk:
-            if conversation.source in done:
-                stats.already_done += 1
-                if progress:
-                    progress(1, 0)
-                continue
-            done.add(conversation.source)  # an input that repeats an id is regenerated once
-            batch.append(RegenWork(conversation))
-        if batch:
-            yield batch
+    while window := list(islice(it, batch_size * SORT_WINDOW)):
+        window.sort(key=length)
+        for start in range(0, len(window), batch_size):
+            batch: list[RegenWork] = []
+            for conversation in window[start:start + batch_size]:
+                if conversation.source in done:
+                    stats.already_done += 1
+                    if progress:
+                        progress(1, 0)
+                    continue
+                done.add(conversation.source)  # an input that repeats an id is regenerated once
+                batch.append(RegenWork(conversation))
+            if batch:
+                yield batch
+
+
+def _first_prompt_length(target: Target, conversation: Conversation,
+                         settings: RegenSettings) -> int:
+    """Tokens in the prompt of the conversation's first turn to write (0 when there is none)."""
+    work = RegenWork(conversation)
+    if not work.advance(settings.first_only, settings.keep_leading):
+        return 0
+    return len(_prompt(target, work, settings))
 
 
 def _regenerate_batch(batch: list[RegenWork], target: Target, settings: RegenSettings, seed: int,
