@@ -168,6 +168,13 @@ def test_batches_hold_prompts_alike_in_length(target, tmp_path, monkeypatch):
                turns="first")
     assert widths == [sorted(first)[2:4]]
     assert read_out(tmp_path / "cut.jsonl") == read_out(tmp_path / "out.jsonl")
+    # A window of one batch keeps the input's batches.
+    widths.clear()
+    regenerate(convs, target, tmp_path / "input.jsonl", batch_size=2, max_new_tokens=MAX_NEW,
+               turns="first", sort_window=1)
+    assert widths == [sorted(first[i:i + 2]) for i in range(0, len(first), 2)]
+    with pytest.raises(DraftVocabError, match="sort window"):
+        regenerate(convs, target, tmp_path / "none.jsonl", sort_window=0)
 
 
 def test_stops_at_end_of_turn_while_the_batch_goes_on(tmp_path):

@@ -40,6 +40,12 @@ __all__ = ["TURNS", "RegenerateStats", "check_options", "finished_ids", "regener
            "regenerate_remote"]
 
 
+# Conversations read ahead per batch and sorted by prompt length: a batch is padded to its
+# longest prompt, and a Spec-Bench-like mix runs from 30 to 950 tokens (its 567 prompts take
+# 330k padded prefill tokens in input order, 126k sorted, for 123k real ones).
+SORT_WINDOW = 16
+
+
 def regenerate(
     conversations: Iterable[Conversation],
     target: Target,
@@ -54,6 +60,7 @@ def regenerate(
     template_kwargs: dict[str, Any] | None = None,
     max_prompt_tokens: int | None = None,
     leading_assistant: str = "drop",
+    sort_window: int = SORT_WINDOW,
     progress: Callable[[int, int], None] | None = None,
 ) -> RegenerateStats:
     """Replace each assistant turn with the target's own reply; append conversations to JSONL.
@@ -73,6 +80,9 @@ def regenerate(
     context minus `max_new_tokens`, or than `max_prompt_tokens` ("too_long": a training set
     cut at a few hundred tokens has no use for them, and one multi-thousand-token prompt
     slows its whole batch), and one left with no assistant turn to write ("no_prompt").
+    Conversations are batched with others of like prompt length read up to `sort_window`
+    batches ahead (1: batches in input order), and lines are written in that order, not the
+    input's.
     `progress(conversations, tokens)` is called as work finishes.
 
     >>> reader = read_conversations("chats.jsonl", max_samples=1000)
@@ -81,6 +91,8 @@ def regenerate(
     """
     check_options(batch_size=batch_size, max_new_tokens=max_new_tokens, temperature=temperature,
                   top_p=top_p, turns=turns, leading_assistant=leading_assistant)
+    if sort_window < 1:
+        raise DraftVocabError(f"sort window must be at least 1 batch, got {sort_window}")
     out_path = Path(out_path)
     if max_new_tokens >= target.max_length:
         raise DraftVocabError(f"max new tokens {max_new_tokens:,} leaves no room for a prompt "
@@ -94,7 +106,8 @@ def regenerate(
     out = None  # opened at the first finished conversation: an empty run creates no file
     try:
         length = partial(_first_prompt_length, target, settings=settings)
-        for batch in _batches(conversations, done, batch_size, stats, progress, length):
+        for batch in _batches(conversations, done, batch_size, stats, progress, length,
+                              sort_window):
             finished = _regenerate_batch(batch, target, settings, seed, stats, progress)
             lines = [json.dumps(w.record(settings.template_kwargs), ensure_ascii=False) + "\n"
                      for w in finished]
@@ -121,24 +134,19 @@ def _settings(target: Target, max_new_tokens: int, temperature: float, top_p: fl
                      dict(template_kwargs or {}), pad_id, stop_ids, max_prompt_tokens)
 
 
-# Conversations read ahead per batch and sorted by prompt length: a batch is padded to its
-# longest prompt, and a Spec-Bench-like mix runs from 30 to 950 tokens (its 567 prompts take
-# 330k padded prefill tokens in input order, 126k sorted, for 123k real ones).
-SORT_WINDOW = 16
-
-
 def _batches(conversations: Iterable[Conversation], done: set[str], batch_size: int,
              stats: RegenerateStats, progress: Callable[[int, int], None] | None,
-             length: Callable[[Conversation], int] = lambda c: 0) -> Iterator[list[RegenWork]]:
+             length: Callable[[Conversation], int] = lambda c: 0,
+             sort_window: int = SORT_WINDOW) -> Iterator[list[RegenWork]]:
     """Batches of conversations whose first prompts are alike in `length`: each window of
-    `batch_size * SORT_WINDOW` input conversations is sorted (stably) and cut into batches.
+    `batch_size * sort_window` input conversations is sorted (stably) and cut into batches.
 
     Windows are cut and sorted *before* finished conversations are dropped, so an interrupted
     batch (written all at once or not at all) comes back on resume with the same members,
     shapes and seed; a finished one comes back empty, or with only the conversations it
     skipped (too long: skipped again without generating)."""
     it = iter(conversations)
-    while window := list(islice(it, batch_size * SORT_WINDOW)):
+    while window := list(islice(it, batch_size * sort_window)):
         window.sort(key=length)
         for start in range(0, len(window), batch_size):
             batch: list[RegenWork] = []
