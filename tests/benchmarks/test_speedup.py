@@ -1,6 +1,8 @@
-"""benchmarks/speedup.py's data mix: which ShareGPT turns join the training set."""
+"""benchmarks/speedup.py's data: which ShareGPT turns join the training set, which earlier answers
+are reused."""
 
 import importlib.util
+import json
 from pathlib import Path
 
 import pytest
@@ -41,3 +43,26 @@ def test_leaks_finds_a_held_out_prompts_text(speedup):
     other = "Wind turbines turn the kinetic energy of moving air into electricity."
     assert not speedup._leaks([_m("user", "Explain wind."), _m("assistant", other)], held)
     assert not speedup._leaks([_m("assistant", None)], held)
+
+
+def test_reuse_takes_earlier_answers_to_the_same_prompts(speedup, tmp_path):
+    def prompts(*texts):
+        return [{"messages": [_m("user", t), _m("assistant", "-")]} for t in texts]
+
+    earlier, out = tmp_path / "earlier", tmp_path / "out"
+    earlier.mkdir()
+    out.mkdir()
+    speedup.write_jsonl(earlier / "prompts.jsonl", prompts("a?", "b?", "c?"))
+    answers = [{"id": f"{earlier / 'prompts.jsonl'}:{i}", "generated_tokens": 2,
+                "messages": [_m("user", t), _m("assistant", t.upper())]}
+               for i, t in ((3, "c?"), (1, "a?"), (2, "b?"))]  # written out of input order
+    speedup.write_jsonl(earlier / "regen.jsonl", answers)
+    speedup.write_jsonl(out / "prompts.jsonl", prompts("b?", "d?", "a?"))
+    speedup.reuse_regenerations(out, earlier)
+    got = [json.loads(line) for line in (out / "regen.jsonl").read_text().splitlines()]
+    # "c?" is not asked here; "a?" and "b?" keep their answers under this run's ids
+    assert [(r["id"], r["messages"][1]["content"]) for r in got] == [
+        (f"{out / 'prompts.jsonl'}:3", "A?"), (f"{out / 'prompts.jsonl'}:1", "B?")]
+    speedup.write_jsonl(out / "regen.jsonl", got[:1])
+    speedup.reuse_regenerations(out, earlier)  # a started regen.jsonl is left as it is
+    assert len((out / "regen.jsonl").read_text().splitlines()) == 1
