@@ -1,0 +1,54 @@
+"""Held-out τ of several trained drafts on the very same held-out answers, side by side.
+
+Training logs held-out τ on its own run's held-out file; two runs whose splits differ (a larger
+regenerated set holds out more answers) are compared here instead, on one file: each draft's
+chain τ (`acceptance.chain_tau`, the replay `train --eval-data` logs) and acc@j.
+
+    python benchmarks/heldout_tau.py runs/speedup-sg/heldout.jsonl runs/speedup/draft \
+        runs/speedup-8/draft [--samples 64] [--gamma 2] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from draftvocab.chat.conversations import read_conversations
+from draftvocab.chat.spans import ChatSpans
+from draftvocab.engine.acceptance import chain_tau, prepare_heldout
+from draftvocab.engine.drafters import load_draft
+from draftvocab.engine.target import load_target
+from draftvocab.engine.train import encode_conversations
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("heldout", type=Path)
+    ap.add_argument("drafts", type=Path, nargs="+")
+    ap.add_argument("--samples", type=int, default=64,
+                    help="held-out conversations, seeded as `train --eval-samples` picks them")
+    ap.add_argument("--gamma", type=int, default=2)
+    ap.add_argument("--max-len", type=int, default=1024)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--json", type=Path, default=None)
+    args = ap.parse_args()
+
+    target = load_target("smollm2-135m")
+    reader = read_conversations(args.heldout, max_samples=args.samples, seed=args.seed)
+    examples, _ = encode_conversations(reader, target.tokenizer, args.max_len,
+                                       spans=ChatSpans(target.tokenizer))
+    held = prepare_heldout(target, examples)
+    rows = []
+    for path in args.drafts:
+        result = chain_tau(load_draft(path, target), held, gamma=args.gamma)
+        rows.append({"draft": str(path), **result})
+        acc = " ".join(f"{a:.3f}" for a in result["acc"])
+        print(f"{path!s:>32}: τ {result['tau']:.3f} over {result['rounds']:,} rounds, "
+              f"acc@0.. {acc}", flush=True)
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
