@@ -94,15 +94,15 @@ def reuse_regenerations(out: Path, earlier: Path) -> None:
     def key(record: dict) -> str:
         return json.dumps([m for m in record["messages"] if m["role"] != "assistant"])
 
-    new_id = {key(r): f"{out / 'prompts.jsonl'}:{i}"
-              for i, r in enumerate(lines(out / "prompts.jsonl"), 1)}
+    new_ids: dict[str, list[str]] = {}  # a prompt asked twice (two categories) has two ids
+    for i, r in enumerate(lines(out / "prompts.jsonl"), 1):
+        new_ids.setdefault(key(r), []).append(f"{out / 'prompts.jsonl'}:{i}")
     old_key = {f"{earlier / 'prompts.jsonl'}:{i}": key(r)
                for i, r in enumerate(lines(earlier / "prompts.jsonl"), 1)}
     reused = []
     for r in lines(earlier / "regen.jsonl"):
-        k = old_key.get(r["id"])
-        if k in new_id:
-            reused.append({**r, "id": new_id[k]})
+        if new_ids.get(old_key.get(r["id"])):
+            reused.append({**r, "id": new_ids[old_key[r["id"]]].pop(0)})
     write_jsonl(out / "regen.jsonl", reused)
     print(f"# {len(reused)} answers reused from {earlier / 'regen.jsonl'}")
 

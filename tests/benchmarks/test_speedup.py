@@ -52,17 +52,19 @@ def test_reuse_takes_earlier_answers_to_the_same_prompts(speedup, tmp_path):
     earlier, out = tmp_path / "earlier", tmp_path / "out"
     earlier.mkdir()
     out.mkdir()
-    speedup.write_jsonl(earlier / "prompts.jsonl", prompts("a?", "b?", "c?"))
+    speedup.write_jsonl(earlier / "prompts.jsonl", prompts("a?", "b?", "c?", "a?"))
     answers = [{"id": f"{earlier / 'prompts.jsonl'}:{i}", "generated_tokens": 2,
                 "messages": [_m("user", t), _m("assistant", t.upper())]}
-               for i, t in ((3, "c?"), (1, "a?"), (2, "b?"))]  # written out of input order
+               for i, t in ((3, "c?"), (1, "a?"), (2, "b?"), (4, "a?"))]  # not in input order
     speedup.write_jsonl(earlier / "regen.jsonl", answers)
-    speedup.write_jsonl(out / "prompts.jsonl", prompts("b?", "d?", "a?"))
+    speedup.write_jsonl(out / "prompts.jsonl", prompts("b?", "d?", "a?", "a?", "a?"))
     speedup.reuse_regenerations(out, earlier)
     got = [json.loads(line) for line in (out / "regen.jsonl").read_text().splitlines()]
-    # "c?" is not asked here; "a?" and "b?" keep their answers under this run's ids
+    # "c?" is not asked here; "a?" and "b?" keep their answers under this run's ids, each id
+    # once: "a?" was answered twice, so its third asking is left to regenerate
+    new = f"{out / 'prompts.jsonl'}"
     assert [(r["id"], r["messages"][1]["content"]) for r in got] == [
-        (f"{out / 'prompts.jsonl'}:3", "A?"), (f"{out / 'prompts.jsonl'}:1", "B?")]
+        (f"{new}:3", "A?"), (f"{new}:1", "B?"), (f"{new}:4", "A?")]
     speedup.write_jsonl(out / "regen.jsonl", got[:1])
     speedup.reuse_regenerations(out, earlier)  # a started regen.jsonl is left as it is
     assert len((out / "regen.jsonl").read_text().splitlines()) == 1
