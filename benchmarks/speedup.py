@@ -62,6 +62,10 @@ def write_jsonl(path: Path, records: list[dict]) -> None:
     os.replace(tmp, path)
 
 
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
 def _leaks(messages: list[dict], held_prompts: list[str]) -> bool:
     """True when a message's text is inside a held-out prompt: the prompts are built from
     ShareGPT's turns (summarization and RAG wrap its answers), so a mixed-in conversation can
@@ -88,19 +92,16 @@ def reuse_regenerations(out: Path, earlier: Path) -> None:
     if (out / "regen.jsonl").exists() or (out / "train.jsonl").exists():
         return
 
-    def lines(path: Path) -> list[dict]:
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
     def key(record: dict) -> str:
         return json.dumps([m for m in record["messages"] if m["role"] != "assistant"])
 
     new_ids: dict[str, list[str]] = {}  # a prompt asked twice (two categories) has two ids
-    for i, r in enumerate(lines(out / "prompts.jsonl"), 1):
+    for i, r in enumerate(read_jsonl(out / "prompts.jsonl"), 1):
         new_ids.setdefault(key(r), []).append(f"{out / 'prompts.jsonl'}:{i}")
     old_key = {f"{earlier / 'prompts.jsonl'}:{i}": key(r)
-               for i, r in enumerate(lines(earlier / "prompts.jsonl"), 1)}
+               for i, r in enumerate(read_jsonl(earlier / "prompts.jsonl"), 1)}
     reused = []
-    for r in lines(earlier / "regen.jsonl"):
+    for r in read_jsonl(earlier / "regen.jsonl"):
         if new_ids.get(old_key.get(r["id"])):
             reused.append({**r, "id": new_ids[old_key[r["id"]]].pop(0)})
     write_jsonl(out / "regen.jsonl", reused)
@@ -119,9 +120,7 @@ def split_and_mix(out: Path, sharegpt: int, seed: int) -> None:
     from draftvocab.chat.conversations import read_conversations
     from draftvocab.engine.presets import get_preset
 
-    regen = [json.loads(line) for line in (out / "regen.jsonl").read_text().splitlines()
-             if line.strip()]
-    regen = [r for r in regen if r.get("generated_tokens")]
+    regen = [r for r in read_jsonl(out / "regen.jsonl") if r.get("generated_tokens")]
     held = regen[::8]
     train = [{"messages": r["messages"]} for i, r in enumerate(regen) if i % 8]
     held_prompts = [m["content"] for r in held for m in r["messages"] if m["role"] == "user"]

@@ -136,8 +136,8 @@ def _settings(target: Target, max_new_tokens: int, temperature: float, top_p: fl
 
 def _batches(conversations: Iterable[Conversation], done: set[str], batch_size: int,
              stats: RegenerateStats, progress: Callable[[int, int], None] | None,
-             length: Callable[[Conversation], int] = lambda c: 0,
-             sort_window: int = SORT_WINDOW) -> Iterator[list[RegenWork]]:
+             length: Callable[[Conversation], int],
+             sort_window: int) -> Iterator[list[RegenWork]]:
     """Batches of conversations whose first prompts are alike in `length`: each window of
     `batch_size * sort_window` input conversations is sorted (stably) and cut into batches.
 
