@@ -25,6 +25,7 @@ from typer.testing import CliRunner
 from draftvocab.cli import app
 from draftvocab.core.assets import DATA_DIR, asset_package_file
 from draftvocab.vocab.counts import TokenCounts
+from tests.cli.test_cli import RUN_FILES
 from tests.conftest import template_path
 
 V = 128_256
@@ -442,18 +443,26 @@ def _wait_for_children(proc: subprocess.Popen, n: int, limit: float = 120) -> No
         time.sleep(0.02)
 
 
-def _check_interrupted(res, protected: Path, before, finished_ok: bool = False):
+def _check_interrupted(res, protected: Path, before, finished_ok: bool = False) -> bool:
+    """The old output as it was (exit 130), or, with `finished_ok`, the new one: after a
+    finished run (exit 0), or after the swap when the signal came between the swap and the
+    exit (exit 130, and the one line names it as written). True when the new one is there."""
     text = res.stderr
     assert "Traceback" not in text, text[-2000:]
     if finished_ok and res.returncode == 0:  # the signal came after the run had finished
-        return
+        return True
     # 130, or (rarely) killed by SIGINT itself: CPython's own report of "ended by an
     # interrupt", which a shell shows as 130 too.
     assert res.returncode in (130, -signal.SIGINT), (res.returncode, text[-2000:])
     lines = [ln for ln in text.splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("interrupted ("), text[-2000:]
-    assert snapshot(protected) == before
     assert not [n for n in siblings(protected) if "draftvocab-" in n], siblings(protected)
+    if f"{protected} had been written" in lines[0]:
+        assert finished_ok, lines[0]
+        return True
+    assert "nothing was written" in lines[0], lines[0]
+    assert snapshot(protected) == before
+    return False
 
 
 INTERRUPTS = [
@@ -493,14 +502,15 @@ def test_interrupted_datasets_engine_leaves_no_worker_traceback(case_files, tmp_
 @pytest.mark.parametrize("delay", [0.6, 1.2, 1.8, 2.4, 3.0])
 def test_optimize_interrupted_at_any_point_is_all_or_nothing(case_files, delay):
     """Importing, optimising, plotting (matplotlib's import), writing: wherever SIGTERM lands,
-    the run directory is the old one whole (exit 130) or the new one whole (exit 0)."""
+    the run directory is the old one whole (exit 130) or the new one whole (exit 0; or 130
+    when the signal came between the swap and the exit, and the one line says it was written)."""
     run = case_files / "run"
     before = snapshot(run)
     res = _interrupt(["optimize", "--counts", case_files / "good.safetensors", "--config",
                       LLAMA_CONFIG, "-o", run], [(delay, signal.SIGTERM)], group=True)
-    _check_interrupted(res, run, before, finished_ok=True)
-    if res.returncode == 0:
+    if _check_interrupted(res, run, before, finished_ok=True):  # the new run, whole
         assert json.loads((run / "summary.json").read_text())["vocab_size"] == V
+        assert set(os.listdir(run)) == RUN_FILES  # every artefact, the plots included
 
 
 def test_interrupted_regenerate_keeps_whole_lines_and_resumes(case_files, tmp_path):

@@ -168,10 +168,10 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
     path = check_output_dir(path)
     tmp = _sibling(path, "tmp")
     tmp.mkdir(mode=0o777 & ~_umask())
+    old = swapped = None
     try:
         yield tmp
         _fix_modes(tmp)
-        old = None
         with interrupts.deferred():
             interrupts.check()
             if not path.exists():
@@ -186,12 +186,14 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
                 except BaseException:
                     os.replace(old, path)
                     raise
+            swapped = old
             _record(path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    finally:  # also when a signal held back during the swap lands right after it
+        if swapped is not None:
+            shutil.rmtree(swapped, ignore_errors=True)
 
 
 @contextlib.contextmanager
