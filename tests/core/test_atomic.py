@@ -32,7 +32,7 @@ def swap(request, monkeypatch):
 
 
 def _signal_after_swap(monkeypatch) -> None:
-    """`deferred` as a signal that came during the swap sees it: delivered on unblocking."""
+    """Make `deferred` raise on leaving, as a signal held back during the swap does."""
     @contextlib.contextmanager
     def deferred():
         yield
