@@ -1,7 +1,13 @@
 import numpy as np
 import pytest
 
-from draftvocab.analysis.plots import plot_ceiling, plot_pareto, plot_utility, tokens_for_tau
+from draftvocab.analysis.plots import (
+    plot_ceiling,
+    plot_pareto,
+    plot_tau_curves,
+    plot_utility,
+    tokens_for_tau,
+)
 from draftvocab.vocab.flops import flops_breakdown
 from draftvocab.vocab.objective import make_objective
 from draftvocab.vocab.optimize import optimize_objective
@@ -59,3 +65,10 @@ def test_plot_ceiling(tmp_path):
     path = plot_ceiling(evals, {"fixed": 1.27}, {"fixed": 1.47, "adaptive": 1.38},
                         tmp_path / "ceiling.png")
     assert path.read_bytes().startswith(PNG_MAGIC)
+
+
+def test_plot_tau_curves_takes_points_in_any_order(tmp_path):
+    curves = {"runs/a/draft": [(3e5, 1.3), (1e5, 1.2)], "runs/b/draft": [(2e5, 1.25)]}
+    path = plot_tau_curves(curves, tmp_path / "curves.png", gamma=2)
+    assert path.read_bytes().startswith(PNG_MAGIC)
+    assert [p.name for p in tmp_path.iterdir()] == ["curves.png"]  # no temp sibling left

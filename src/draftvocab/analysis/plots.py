@@ -349,6 +349,23 @@ def plot_training(log: list[dict], evals: list[dict], path: str | os.PathLike) -
     return _save(fig, path)
 
 
+def plot_tau_curves(curves: dict[str, list[tuple[float, float]]], path: str | os.PathLike,
+                    gamma: int) -> Path:
+    """Held-out τ against supervised training tokens for several training runs, all measured on
+    one held-out file: runs whose own evaluation sets differ become comparable on one axis."""
+    fig = Figure(figsize=(7.5, 4.5))
+    ax = fig.subplots()
+    for name, points in curves.items():
+        x, y = zip(*sorted(points), strict=True)
+        ax.plot(x, y, "o-", label=name)
+    ax.set_xlabel("supervised training tokens")
+    ax.set_ylabel(f"held-out τ (γ={gamma}, tokens per verify)")
+    ax.set_title("held-out τ on the same answers, per training run")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    return _save(fig, path)
+
+
 def _log_fit(tokens, taus) -> tuple[float, float]:
     """(a, b) of τ = a + b·log10(tokens), least squares."""
     b, a = np.polyfit(np.log10(np.asarray(tokens, dtype=float)), np.asarray(taus, dtype=float), 1)
