@@ -11,6 +11,9 @@ a step whose output exists is skipped, so a cut run resumes where it stopped.
     python benchmarks/speedup.py --out runs/speedup-8 --per-category 400 --reuse runs/speedup-sg \
         --regen-batch-size 32 --lrs 3e-3 --ttts 3 --sweep-steps 10 --steps 500 --dtype bf16 \
         --lookup-tokens 3    # the eighth pass's: 3.4x the on-policy answers
+    python benchmarks/speedup.py --out runs/speedup-10 --per-category 400 --reuse runs/speedup-9 \
+        --regen-batch-size 32 --lrs 3e-3 --ttts 3 --sweep-steps 10 --steps 1500 --dtype bf16 \
+        --lookup-tokens 3    # the tenth pass's: those answers, 1,500 steps (1 h 52 min here)
     python benchmarks/speedup.py --regen-samples 160 --lrs 3e-3 --ttts 3 --sweep-steps 10 \
         --steps 300 --dtype bf16 --lookup-tokens 3    # the third pass's run (53 min here)
     python benchmarks/speedup.py                      # all prompts and the full sweep (~2 h)
