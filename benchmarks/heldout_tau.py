@@ -22,19 +22,19 @@ from pathlib import Path
 from draftvocab.chat.conversations import read_conversations
 from draftvocab.chat.spans import ChatSpans
 from draftvocab.engine.acceptance import chain_tau, prepare_heldout
+from draftvocab.engine.checkpoints import CHECKPOINT_RE, STATE_JSON
 from draftvocab.engine.drafters import load_draft
 from draftvocab.engine.target import load_target
-from draftvocab.engine.train import encode_conversations
+from draftvocab.engine.train import LOG_NAME, encode_conversations
 
 
 def trained_on(draft: Path) -> tuple[str, int]:
     """(training run, supervised tokens seen) of a draft directory: a checkpoint keeps its
     run's log up to its step in trainer_state.json, a finished run in train_log.json; both log
     the running total of supervised tokens per step."""
-    if draft.name.startswith("checkpoint-"):
-        return str(draft.parent), json.loads((draft / "trainer_state.json").read_text())[
-            "log"][-1]["tokens"]
-    return str(draft), json.loads((draft / "train_log.json").read_text())["steps"][-1]["tokens"]
+    if CHECKPOINT_RE.match(draft.name):
+        return str(draft.parent), json.loads((draft / STATE_JSON).read_text())["log"][-1]["tokens"]
+    return str(draft), json.loads((draft / LOG_NAME).read_text())["steps"][-1]["tokens"]
 
 
 def main() -> None:

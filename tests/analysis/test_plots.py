@@ -67,7 +67,7 @@ def test_plot_ceiling(tmp_path):
     assert path.read_bytes().startswith(PNG_MAGIC)
 
 
-def test_plot_tau_curves_takes_points_in_any_order(tmp_path):
+def test_plot_tau_curves_writes_one_png(tmp_path):
     curves = {"runs/a/draft": [(3e5, 1.3), (1e5, 1.2)], "runs/b/draft": [(2e5, 1.25)]}
     path = plot_tau_curves(curves, tmp_path / "curves.png", gamma=2)
     assert path.read_bytes().startswith(PNG_MAGIC)
