@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import numpy as np
@@ -245,6 +246,59 @@ def test_resume_gives_the_same_weights(target, examples, half_mapping, tmp_path)
         train_draft(target, examples, part, d2t=d2t, t2d=t2d, config=cfg)
 
 
+def test_init_from_starts_at_a_finished_drafts_weights(target, examples, half_mapping,
+                                                       tmp_path):
+    """--init-from: the run starts at the draft's weights (one step at lr 1e-9 leaves them
+    there), with a fresh schedule; tokens go on from the draft's log; the draft is recorded."""
+    d2t, t2d = _tensors(half_mapping)
+    first = tmp_path / "first"
+    train_draft(target, examples, first, d2t=d2t, t2d=t2d, config=_config(max_steps=20, lr=1e-2))
+    first_log = json.loads((first / "train_log.json").read_text())
+    again = tmp_path / "again"
+    train_draft(target, examples, again, d2t=d2t, t2d=t2d, init_from=first,
+                config=_config(max_steps=1, lr=1e-9, seed=1))
+    a, b = load_file(str(first / "model.safetensors")), load_file(str(again / "model.safetensors"))
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], rtol=0, atol=1e-6)
+    fresh = build_draft(target, d2t, t2d, seed=1).fc.weight.detach()
+    assert not torch.allclose(fresh, b["fc.weight"], atol=1e-3)  # not the seed's fresh init
+    log = json.loads((again / "train_log.json").read_text())
+    tokens = first_log["steps"][-1]["tokens"]
+    assert log["init_from"]["tokens"] == tokens > 0
+    assert log["steps"][0]["tokens"] > tokens
+    assert log["init_from"]["sha256"] == hashlib.sha256(
+        (first / "model.safetensors").read_bytes()).hexdigest()
+    # the warm start's first step already predicts what the draft learned; a fresh one does not
+    cont = tmp_path / "cont"
+    train_draft(target, examples, cont, d2t=d2t, t2d=t2d, init_from=first,
+                config=_config(max_steps=1, lr=1e-2))
+    scratch = tmp_path / "scratch"
+    train_draft(target, examples, scratch, d2t=d2t, t2d=t2d, config=_config(max_steps=1, lr=1e-2))
+    warm_loss = json.loads((cont / "train_log.json").read_text())["steps"][0]["loss"]
+    cold_loss = json.loads((scratch / "train_log.json").read_text())["steps"][0]["loss"]
+    assert warm_loss < 0.5 * cold_loss
+
+
+def test_init_from_refuses_another_draft(target, examples, half_mapping, full_cover_mapping,
+                                         tmp_path):
+    d2t, t2d = _tensors(half_mapping)
+    train_draft(target, examples, tmp_path / "half", d2t=d2t, t2d=t2d,
+                config=_config(max_steps=1))
+    other_k, other_t2d = _tensors(full_cover_mapping)
+    with pytest.raises(DraftVocabError, match="another draft .*draft_vocab_size"):
+        train_draft(target, examples, tmp_path / "x", d2t=other_k, t2d=other_t2d,
+                    init_from=tmp_path / "half", config=_config(max_steps=1))
+    ids = half_mapping.draft_ids.copy()  # same k, one id swapped for one not kept
+    ids[-1] = np.setdiff1d(np.arange(target.vocab_size), ids)[-1]
+    swapped = mapping_from_ids(np.sort(ids), target.vocab_size)
+    s_d2t, s_t2d = _tensors(swapped)
+    with pytest.raises(DraftVocabError, match="another vocabulary mapping"):
+        train_draft(target, examples, tmp_path / "y", d2t=s_d2t, t2d=s_t2d,
+                    init_from=tmp_path / "half", config=_config(max_steps=1))
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+
+
 # --- (e) checkpoints ----------------------------------------------------------------------------
 
 SPECFORGE_KEYS = {
@@ -357,6 +411,7 @@ def test_cli_mapping_vocab_mismatch(hf_target_dir, data_file, tmp_path):
     (["--target-layers", "1,2"], "three comma-separated"),
     (["--target-layers", "1,x,2"], "three comma-separated"),
     (["--target-layers", "0,1,9"], "[0, 4)"),
+    (["--init-from", "nowhere"], "not a draft checkpoint"),
 ])
 def test_cli_bad_values(hf_target_dir, data_file, tmp_path, args, words):
     r = CliRunner().invoke(app, ["train", str(data_file), "--target", str(hf_target_dir),

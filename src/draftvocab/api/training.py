@@ -178,6 +178,7 @@ def train(data: str | Path | None = None, *, target: str = "smollm2-135m",
           skip_bad_lines: bool = False, template_kwargs: str | dict | None = None,
           supervise: str = "generated", leading_assistant: str = "drop",
           target_layers: Sequence[int] | None = None,
+          init_from: str | Path | None = None,
           progress: Progress | None = None,
           on_step: Callable[[int, int, dict], None] | None = None) -> TrainRun:
     """Train a draft (`config`: an `engine.train.TrainConfig`; EAGLE-3 by default, SpecBlock
@@ -186,7 +187,8 @@ def train(data: str | Path | None = None, *, target: str = "smollm2-135m",
     target's features once into that directory; `eval_data` logs held-out chain τ while
     training. `target_layers`: the three target layers the draft reads (SGLang's and vLLM's
     `eagle_aux_hidden_state_layer_ids`, written to its config.json); default EAGLE-3's low,
-    middle and high. `progress` (`api.inputs.Progress`) follows the feature cache in stage "target
+    middle and high. `init_from`: a finished draft (same drafter, layers and mapping) to start
+    from instead of a fresh init, with a new optimizer and schedule. `progress` (`api.inputs.Progress`) follows the feature cache in stage "target
     features", then says stage "training" starts; `on_step(step, total, log_entry)` follows
     each optimizer step (loss, per-step accuracy).
 
@@ -211,6 +213,10 @@ def train(data: str | Path | None = None, *, target: str = "smollm2-135m",
     if eval_samples < 1 or eval_gamma < 1 or (eval_every is not None and eval_every < 1):
         raise DraftVocabError("--eval-samples, --eval-gamma and --eval-every must be >= 1")
     extra_kwargs = parse_template_kwargs(template_kwargs)
+    if init_from is not None:
+        from draftvocab.engine.drafters import read_config, read_state
+
+        read_state(init_from, read_config(init_from))  # not a draft: fails before the target
     preset = get_preset(target if target in PRESETS else DEFAULT_TARGET)
     reader = read_conversations(
         data if data is not None else preset.dataset_path(),
@@ -244,7 +250,8 @@ def train(data: str | Path | None = None, *, target: str = "smollm2-135m",
         progress("training", 0)
     result = train_draft(model, examples, out, d2t=d2t, t2d=t2d, config=config, resume=resume,
                          skipped={**reader.stats.skipped, **skipped}, progress=on_step,
-                         features=features, heldout=heldout, eval_every=eval_every)
+                         features=features, heldout=heldout, eval_every=eval_every,
+                         init_from=init_from)
     return TrainRun(result, target, Path(mapping) if mapping else None)
 
 

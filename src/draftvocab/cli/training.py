@@ -160,6 +160,8 @@ def regenerate_cmd(
              "--epochs 2 --save-every 500\n\n"
              "  draftvocab train regen.jsonl --mapping run/ -o draft/ --save-every 500 --resume   "
              "# continue an interrupted run\n\n"
+             "  draftvocab train more.jsonl --mapping run/ --init-from draft/ -o draft-2/ --lr 1e-4   "
+             "# fine-tune a finished draft\n\n"
              "  draftvocab train chats.jsonl --target path/to/hf-model -o draft/ --dtype bf16 "
              "--json\n\n"
              "  draftvocab train regen.jsonl --mapping run/ --drafter specblock -o sb/   "
@@ -217,6 +219,10 @@ def train_cmd(
         "--valid-prefix/--no-valid-prefix", help="SpecBlock: valid-prefix loss mask.")] = True,
     resume: Annotated[bool, typer.Option(
         "--resume", help="Continue from the latest checkpoint in --out.")] = False,
+    init_from: Annotated[Path | None, typer.Option(
+        "--init-from", help="Start from this finished draft's weights (same drafter, layers "
+        "and --mapping) with a new optimizer and schedule: a warm restart, or fine-tuning a "
+        "draft on new data.")] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed for sampling, init and data order.")]
     = 0,
     cache_features: Annotated[Path | None, typer.Option(
@@ -258,7 +264,8 @@ def train_cmd(
                     eval_data=eval_data, eval_samples=eval_samples, eval_every=eval_every,
                     eval_gamma=eval_gamma, skip_bad_lines=skip_bad_lines,
                     template_kwargs=template_kwargs, supervise=supervise,
-                    leading_assistant=leading_assistant, target_layers=layers, progress=bar,
+                    leading_assistant=leading_assistant, target_layers=layers,
+                    init_from=init_from, progress=bar,
                     on_step=bar.step)
     if as_json:
         _emit_json(run.to_json())

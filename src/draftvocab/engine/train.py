@@ -221,7 +221,8 @@ def train_draft(target, examples: Sequence[Example], out: str | os.PathLike, *,
                 skipped: dict[str, int] | None = None,
                 progress: Progress | None = None, features=None,
                 heldout: Callable[[Drafter], dict] | None = None,
-                eval_every: int | None = None) -> TrainResult:
+                eval_every: int | None = None,
+                init_from: str | os.PathLike | None = None) -> TrainResult:
     """Train a draft on `examples` and write it to `out/` (config.json + model.safetensors),
     with `out/train_log.json` and, every `save_every` steps, `out/checkpoint-<step>/`.
 
@@ -230,7 +231,10 @@ def train_draft(target, examples: Sequence[Example], out: str | os.PathLike, *,
     these examples) replaces the target forward of each step by cached fp16 features;
     `heldout(draft)` (e.g. acceptance.chain_tau on held-out replies) is called before the
     first step, every `eval_every` steps (default: ten times a run) and at the end; its results are logged under "eval"
-    with the step and the supervised tokens trained on.
+    with the step and the supervised tokens trained on. `init_from` (a finished draft of the
+    same shape and mapping) starts from its weights instead of a fresh init, with a new optimizer
+    and schedule: a warm restart, or fine-tuning a draft on new data; the logged tokens go on
+    from the ones its train_log.json counted.
 
     >>> examples, _ = encode_conversations(read_conversations("chats.jsonl"), target.tokenizer,
     ...                                    1024)
@@ -242,6 +246,7 @@ def train_draft(target, examples: Sequence[Example], out: str | os.PathLike, *,
         raise DraftVocabError("no training examples (every conversation was skipped)")
     out = Path(out)
     draft = build_draft(target, d2t, t2d, seed=config.seed, config=config)
+    init = warm_start(draft, init_from) if init_from is not None else None
     batches_per_epoch = math.ceil(len(examples) / config.batch_size)
     total = config.max_steps or config.epochs * batches_per_epoch
     eval_every = eval_every or max(1, total // 10)
@@ -253,6 +258,8 @@ def train_draft(target, examples: Sequence[Example], out: str | os.PathLike, *,
     # Everything the result depends on; a resumed run must match it exactly.
     identity = {**asdict(config), "save_every": None, "total_steps": total, "warmup": warmup,
                 "data": fingerprint, "examples": len(examples)}
+    if init is not None:
+        identity["init_from"] = init["sha256"]
     if features is not None:  # fp16 features: not bitwise the run without them
         if len(features) != len(examples):
             raise DraftVocabError("the feature cache does not hold these examples")
@@ -277,7 +284,7 @@ def train_draft(target, examples: Sequence[Example], out: str | os.PathLike, *,
     t2d_dev = draft.t2d
     kept = torch.nonzero(t2d_dev).flatten()
     pad_id = 0
-    trained_tokens = log[-1].get("tokens", 0) if log else 0
+    trained_tokens = log[-1].get("tokens", 0) if log else (init or {}).get("tokens", 0)
 
     def evaluate() -> None:
         if heldout is not None and not (evals and evals[-1]["step"] == step):
@@ -342,8 +349,8 @@ def train_draft(target, examples: Sequence[Example], out: str | os.PathLike, *,
     with atomic_files(out) as stage:
         write_draft_files(draft.eval(), stage)
         (stage / LOG_NAME).write_text(json.dumps({"config": asdict(config), "total_steps": total,
-                                                  "warmup": warmup, "steps": log,
-                                                  "eval": evals}, indent=1))
+                                                  "warmup": warmup, "init_from": init,
+                                                  "steps": log, "eval": evals}, indent=1))
         if evals:
             from draftvocab.analysis.plots import plot_training
 
@@ -356,6 +363,41 @@ def train_draft(target, examples: Sequence[Example], out: str | os.PathLike, *,
         final_loss=last.get("loss"), final_acc=last.get("acc", []), seconds=seconds,
         seconds_per_step=seconds / max(done_here, 1), resumed_from=resumed_from,
         checkpoints=checkpoints, heldout=evals[-1] if evals else None)
+
+
+def warm_start(draft: Drafter, path: str | os.PathLike) -> dict[str, Any]:
+    """Load the weights of the finished draft at `path` into the fresh `draft` (same drafter,
+    shape, target layers and mapping, or one clear error). Returns what the run records of it:
+    its path, the sha256 of its weights and the supervised tokens its train_log.json counted."""
+    from draftvocab.engine.drafters import read_config, read_state
+
+    path = Path(path)
+    config = read_config(path)
+    if config != draft.config:
+        mine, theirs = asdict(draft.config), asdict(config)
+        if type(config) is not type(draft.config):
+            differ = f"drafter {type(config).__name__} -> {type(draft.config).__name__}"
+        else:
+            differ = ", ".join(f"{k} {theirs[k]!r} -> {mine[k]!r}" for k in mine
+                               if theirs[k] != mine[k])
+        raise DraftVocabError(f"cannot start from {path}: it is another draft ({differ})")
+    state = read_state(path, config)
+    if not torch.equal(state["d2t"].long().cpu(), draft.d2t.cpu()):
+        raise DraftVocabError(f"cannot start from {path}: it was trained with another "
+                              "vocabulary mapping (d2t differs)")
+    with torch.no_grad():
+        draft.load_state_dict(state, strict=True)
+    weights = path / "model.safetensors"
+    tokens = 0
+    log_file = path / LOG_NAME
+    if log_file.is_file():
+        try:
+            steps = json.loads(log_file.read_text()).get("steps") or []
+            tokens = int(steps[-1].get("tokens", 0)) if steps else 0
+        except (json.JSONDecodeError, AttributeError, TypeError, ValueError):
+            tokens = 0  # a log that does not parse only loses the token count
+    return {"path": str(path), "sha256": hashlib.sha256(weights.read_bytes()).hexdigest(),
+            "tokens": tokens}
 
 
 def mapping_tensors(m, vocab_size: int) -> tuple[torch.Tensor, torch.Tensor]:
