@@ -14,6 +14,9 @@ a step whose output exists is skipped, so a cut run resumes where it stopped.
     python benchmarks/speedup.py --out runs/speedup-10 --per-category 400 --reuse runs/speedup-9 \
         --regen-batch-size 32 --lrs 3e-3 --ttts 3 --sweep-steps 10 --steps 1500 --dtype bf16 \
         --lookup-tokens 3    # the tenth pass's: those answers, 1,500 steps (1 h 52 min here)
+    python benchmarks/speedup.py --out runs/speedup-11 --continue-from runs/speedup-10 \
+        --lrs 1.5e-3 --ttts 3 --steps 3000 --seed 1 --dtype bf16 --lookup-tokens 3
+        # the eleventh pass's: the tenth's draft trained 3,000 steps more on its data
     python benchmarks/speedup.py --regen-samples 160 --lrs 3e-3 --ttts 3 --sweep-steps 10 \
         --steps 300 --dtype bf16 --lookup-tokens 3    # the third pass's run (53 min here)
     python benchmarks/speedup.py                      # all prompts and the full sweep (~2 h)
@@ -35,6 +38,8 @@ Steps (under --out, default runs/speedup):
                     interleaved, 3 runs, 95 % CI, per category
  8. ceiling.md/png  per variant the τ 1.25× needs at its measured round cost; for the draft
                     alone, the training tokens a log-linear fit of held-out τ needs to get there
+--continue-from RUN skips 1-5: it trains RUN's draft on, on RUN's data and cached features
+(`train --init-from`, a fresh schedule at the first --lrs / --ttts), then runs 7-8.
 """
 
 from __future__ import annotations
@@ -145,6 +150,41 @@ def split_and_mix(out: Path, sharegpt: int, seed: int) -> None:
           f"conversations ({leaked} left out: they carry a held-out prompt's text)")
 
 
+def make_data(out: Path, args) -> None:
+    """Steps 1-3: prompts, the target's answers (resumable), the held-out / training split."""
+    run([sys.executable, HERE / "onpolicy_prompts.py", "--per-category", args.per_category,
+         "-o", out / "prompts.jsonl"], out / "prompts.jsonl")
+    regen = DV + ["regenerate", out / "prompts.jsonl", "--turns", "first", "--max-new-tokens",
+                  "128", "--max-prompt-tokens", "1024", "--batch-size", args.regen_batch_size,
+                  "-o", out / "regen.jsonl"]
+    if args.regen_samples:
+        regen += ["--max-samples", args.regen_samples]
+    if args.reuse:
+        reuse_regenerations(out, args.reuse)
+    run(regen, out / "train.jsonl")  # resumes a cut regeneration; skipped once split
+    split_and_mix(out, args.sharegpt, args.seed)
+
+
+def sweep(out: Path, common: list, args) -> tuple[str, str]:
+    """Step 5: --sweep-steps steps per lr x TTT depth; the pair with the best held-out τ."""
+    results = {}
+    for lr in args.lrs.split(","):
+        for ttt in args.ttts.split(","):
+            name = f"sweep-lr{lr}-ttt{ttt}"
+            run(common + ["--lr", lr, "--ttt-steps", ttt, "--max-steps", args.sweep_steps,
+                          "--eval-every", args.sweep_steps, "-o", out / name],
+                out / name / "train_log.json")
+            log = json.loads((out / name / "train_log.json").read_text())
+            results[(lr, ttt)] = log["eval"][-1]["tau"]
+            print(f"# {name}: held-out τ {results[(lr, ttt)]:.3f}")
+    write_jsonl(out / "sweep.jsonl", [{"lr": float(k[0]), "ttt_steps": int(k[1]),
+                                       "steps": args.sweep_steps, "heldout_tau": v}
+                                      for k, v in results.items()])
+    lr, ttt = max(results, key=results.get)
+    print(f"# best: lr {lr}, TTT {ttt}")
+    return lr, ttt
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--out", type=Path, default=Path("runs/speedup"))
@@ -178,6 +218,9 @@ def main() -> None:
     ap.add_argument("--target-layers", default=None,
                     help="the three target layers the draft reads, e.g. 1,14,29 (`train "
                          "--target-layers`; default EAGLE-3's 1,14,26 for this target)")
+    ap.add_argument("--continue-from", type=Path, default=None,
+                    help="an earlier run's --out: train its draft on (`train --init-from`) on "
+                    "its train.jsonl, heldout.jsonl and features; no regenerate, no sweep")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     out = args.out
@@ -185,43 +228,24 @@ def main() -> None:
 
     run(DV + ["optimize", "--preset", "smollm2-135m", "-o", args.mapping],
         args.mapping / "draft_vocab.json")
-    run([sys.executable, HERE / "onpolicy_prompts.py", "--per-category", args.per_category,
-         "-o", out / "prompts.jsonl"], out / "prompts.jsonl")
-    regen = DV + ["regenerate", out / "prompts.jsonl", "--turns", "first", "--max-new-tokens",
-                  "128", "--max-prompt-tokens", "1024", "--batch-size", args.regen_batch_size,
-                  "-o", out / "regen.jsonl"]
-    if args.regen_samples:
-        regen += ["--max-samples", args.regen_samples]
-    if args.reuse:
-        reuse_regenerations(out, args.reuse)
-    run(regen, out / "train.jsonl")  # resumes a cut regeneration; skipped once split
-    split_and_mix(out, args.sharegpt, args.seed)
-
-    common = DV + ["train", out / "train.jsonl", "--mapping", args.mapping,
-                   "--cache-features", out / "features", "--eval-data", out / "heldout.jsonl",
+    data = args.continue_from or out
+    if args.continue_from is None:
+        make_data(out, args)
+    common = DV + ["train", data / "train.jsonl", "--mapping", args.mapping,
+                   "--cache-features", data / "features", "--eval-data", data / "heldout.jsonl",
                    "--max-len", args.max_len, "--batch-size", args.batch_size,
                    "--eval-gamma", args.gamma, "--seed", args.seed, "--json"]
     if args.target_layers:
         common += ["--target-layers", args.target_layers]
-    results = {}
-    for lr in args.lrs.split(","):
-        for ttt in args.ttts.split(","):
-            name = f"sweep-lr{lr}-ttt{ttt}"
-            run(common + ["--lr", lr, "--ttt-steps", ttt, "--max-steps", args.sweep_steps,
-                          "--eval-every", args.sweep_steps, "-o", out / name],
-                out / name / "train_log.json")
-            log = json.loads((out / name / "train_log.json").read_text())
-            results[(lr, ttt)] = log["eval"][-1]["tau"]
-            print(f"# {name}: held-out τ {results[(lr, ttt)]:.3f}")
-    lr, ttt = max(results, key=results.get)
-    print(f"# best: lr {lr}, TTT {ttt}")
+    if args.continue_from is None:
+        lr, ttt = sweep(out, common, args)
+    else:
+        lr, ttt = args.lrs.split(",")[0], args.ttts.split(",")[0]
+        common += ["--init-from", args.continue_from / "draft"]
     run(common + ["--lr", lr, "--ttt-steps", ttt, "--max-steps", args.steps,
                   "--eval-every", max(1, args.steps // 10),
                   "--save-every", max(100, args.steps // 5), "-o", out / "draft"],
         out / "draft" / "train_log.json")
-    write_jsonl(out / "sweep.jsonl", [{"lr": float(k[0]), "ttt_steps": int(k[1]),
-                                       "steps": args.sweep_steps, "heldout_tau": v}
-                                      for k, v in results.items()])
     draft = out / "draft"
     depth, topk, total = args.tree.split(",")
     run(DV + ["bench", "--dtype", args.dtype, "--draft", f"fixed={draft}",

@@ -68,3 +68,29 @@ def test_reuse_takes_earlier_answers_to_the_same_prompts(speedup, tmp_path):
     speedup.write_jsonl(out / "regen.jsonl", got[:1])
     speedup.reuse_regenerations(out, earlier)  # a started regen.jsonl is left as it is
     assert len((out / "regen.jsonl").read_text().splitlines()) == 1
+
+
+def test_continue_from_trains_the_earlier_draft_on_its_data(speedup, tmp_path, monkeypatch):
+    """--continue-from: no prompts, regenerate or sweep; the draft starts from the earlier one
+    (`train --init-from`) on the earlier run's data and feature cache, then the bench."""
+    earlier, out = tmp_path / "speedup-10", tmp_path / "speedup-11"
+    commands = []
+    monkeypatch.setattr(speedup, "run", lambda cmd, done=None: commands.append(
+        [str(c) for c in cmd]))
+    monkeypatch.setattr(speedup, "ceiling", lambda out: None)
+    monkeypatch.setattr("sys.argv", [
+        "speedup.py", "--out", str(out), "--continue-from", str(earlier), "--lrs", "1.5e-3,3e-3",
+        "--ttts", "3,5", "--steps", "3000", "--seed", "1"])
+    speedup.main()
+    steps = [c[c.index("-m") + 2] if "-m" in c else Path(c[1]).name for c in commands]
+    assert steps == ["optimize", "train", "bench"]
+    train = commands[1]
+    after = {flag: train[train.index(flag) + 1] for flag in (
+        "--init-from", "--cache-features", "--eval-data", "--lr", "--ttt-steps", "-o", "--seed")}
+    assert train[train.index("train") + 1] == str(earlier / "train.jsonl")
+    assert after == {"--init-from": str(earlier / "draft"),
+                     "--cache-features": str(earlier / "features"),
+                     "--eval-data": str(earlier / "heldout.jsonl"), "--lr": "1.5e-3",
+                     "--ttt-steps": "3", "-o": str(out / "draft"), "--seed": "1"}
+    assert f"fixed={out / 'draft'}" in commands[2]
+    assert not (out / "train.jsonl").exists() and not (out / "sweep.jsonl").exists()
