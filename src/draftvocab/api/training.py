@@ -188,9 +188,10 @@ def train(data: str | Path | None = None, *, target: str = "smollm2-135m",
     training. `target_layers`: the three target layers the draft reads (SGLang's and vLLM's
     `eagle_aux_hidden_state_layer_ids`, written to its config.json); default EAGLE-3's low,
     middle and high. `init_from`: a finished draft (same drafter, layers and mapping) to start
-    from instead of a fresh init, with a new optimizer and schedule. `progress` (`api.inputs.Progress`) follows the feature cache in stage "target
-    features", then says stage "training" starts; `on_step(step, total, log_entry)` follows
-    each optimizer step (loss, per-step accuracy).
+    from instead of a fresh init, with a new optimizer and schedule. `progress`
+    (`api.inputs.Progress`) follows the feature cache in stage "target features", then says
+    stage "training" starts; `on_step(step, total, log_entry)` follows each optimizer step
+    (loss, per-step accuracy).
 
     >>> from draftvocab import TrainConfig, train
     >>> run = train(max_samples=8, config=TrainConfig(max_steps=2, max_len=128), out="draft")
