@@ -37,6 +37,7 @@ from draftvocab.chat.sources import (
     datasets_kind,
     path_units,
 )
+from draftvocab.core.assets import sha256_file
 from draftvocab.core.errors import DraftVocabError
 
 __all__ = [
@@ -175,13 +176,8 @@ class ConversationReader:
         }
 
 
-def _sha256_file(path: Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
-
-
 def _file_fingerprint(path: Path, name: str) -> dict[str, Any]:
-    return {"name": name, "bytes": path.stat().st_size, "sha256": _sha256_file(path)}
+    return {"name": name, "bytes": path.stat().st_size, "sha256": sha256_file(path)}
 
 
 def _units_fingerprint(units: list[Unit], base: dict, root: Path | None) -> dict[str, Any]:

@@ -46,6 +46,12 @@ def sha256_text(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+def sha256_file(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file, read in chunks (weights and datasets can be large)."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
 def load_config(path: str | os.PathLike) -> dict[str, Any]:
     """Read a HF `config.json` (file or directory holding one), or a GGUF file's metadata."""
     path = Path(path)

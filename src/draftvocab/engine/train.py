@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from draftvocab.core.assets import sha256_file
 from draftvocab.core.atomic import atomic_files
 from draftvocab.core.errors import DraftVocabError
 from draftvocab.engine.checkpoints import latest_checkpoint, load_checkpoint, save_checkpoint
@@ -387,7 +388,6 @@ def warm_start(draft: Drafter, path: str | os.PathLike) -> dict[str, Any]:
                               "vocabulary mapping (d2t differs)")
     with torch.no_grad():
         draft.load_state_dict(state, strict=True)
-    weights = path / "model.safetensors"
     tokens = 0
     log_file = path / LOG_NAME
     if log_file.is_file():
@@ -395,8 +395,8 @@ def warm_start(draft: Drafter, path: str | os.PathLike) -> dict[str, Any]:
             steps = json.loads(log_file.read_text()).get("steps") or []
             tokens = int(steps[-1].get("tokens", 0)) if steps else 0
         except (json.JSONDecodeError, AttributeError, TypeError, ValueError):
-            tokens = 0  # a log that does not parse only loses the token count
-    return {"path": str(path), "sha256": hashlib.sha256(weights.read_bytes()).hexdigest(),
+            pass  # a log that does not parse only loses the token count
+    return {"path": str(path), "sha256": sha256_file(path / "model.safetensors"),
             "tokens": tokens}
 
 
