@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import types
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,7 @@ import torch
 from draftvocab.core.assets import cache_dir, load_tokenizer, sha256_text
 from draftvocab.core.atomic import atomic_directory
 from draftvocab.core.errors import DraftVocabError
-from draftvocab.engine.rowforms import candidate_forms, few_rows_linear, use_form
+from draftvocab.engine.rowforms import candidate_forms, patch_linears, use_form
 from draftvocab.engine.stepwise import install, stepwise_rows
 
 DEFAULT_TARGET = "smollm2-135m"
@@ -66,9 +65,7 @@ class Target:
         self.model = model.eval()
         for p in self.model.parameters():
             p.requires_grad_(False)
-        for module in self.model.modules():
-            if type(module) is torch.nn.Linear:
-                module.forward = types.MethodType(few_rows_linear, module)
+        patch_linears(self.model)
         self.tokenizer = tokenizer
         self.config = model.config
         blocks = _decoder_layers(model)

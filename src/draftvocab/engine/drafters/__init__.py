@@ -29,6 +29,7 @@ from draftvocab.engine.drafters.base import (
 )
 from draftvocab.engine.drafters.eagle3 import Eagle3Draft
 from draftvocab.engine.drafters.specblock import SpecBlockConfig, SpecBlockDraft
+from draftvocab.engine.rowforms import patch_linears
 
 __all__ = ["DRAFTERS", "DraftConfig", "Drafter", "Eagle3Draft", "SpecBlockConfig",
            "SpecBlockDraft", "aux_layers", "build_draft", "check_fits", "check_mapping",
@@ -125,4 +126,5 @@ def load_draft(path: str | os.PathLike, target, *, dtype=None) -> Drafter:
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()[0]
         raise DraftVocabError(f"{path / 'model.safetensors'} does not fit its config: {first}") from None
-    return draft.to(device=target.device, dtype=dtype or target.dtype)
+    # decoding calls a draft one row at a time: the target's few-row products (rowforms.py)
+    return patch_linears(draft.to(device=target.device, dtype=dtype or target.dtype))
