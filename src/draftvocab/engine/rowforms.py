@@ -11,10 +11,10 @@ EPYC (`benchmarks/bench_rowforms.py`) a plain step took 39–55 ms instead of nn
 exact product of the same numbers; only speed differs. bf16 rows are always computed as two
 (there for exactness, see stepwise.py).
 
-bf16 inference products run on oneDNN's prepacked weights (`torch.ops.mkldnn`, the kernel
-transformers' bf16 `F.linear` reaches too, minus re-laying the weight out on every call): a
-plain SmolLM2-135M step went from 40.7 to 32.7 ms and a 3-row verify from 44.9 to 36.2 ms on a
-Xeon with avx512_bf16, with logits bit-identical to `F.linear`'s (`benchmarks/bench_verify.py`).
+bf16 inference products run on oneDNN's prepacked weights (`torch.ops.mkldnn`, the kernel a
+bf16 `F.linear` reaches too, but with the weight in its plain layout on every call): a plain
+SmolLM2-135M step went from 47.0 to 39.3 ms and a 3-row verify from 45.1 to 38.0 ms on a Xeon
+with avx512_bf16, with logits bit-identical to `F.linear`'s (`benchmarks/bench_verify.py`).
 The packed copy is made on first use and again whenever the weight changes (a draft evaluated
 while it trains); it costs one more copy of each Linear's weights in memory —
 `DRAFTVOCAB_PACK=0` turns it off.
@@ -81,8 +81,8 @@ def packing(enabled: bool):
 
 def _packed_weight(layer: torch.nn.Linear) -> torch.Tensor | None:
     """oneDNN's prepacked copy of a bf16 CPU weight, or None where it cannot be had. Keyed on
-    the weight's storage and version counter: an optimizer step or `load_state_dict` bumps
-    the version, `.to()` moves the storage, so a changed weight is repacked, never stale."""
+    the parameter, its storage and its version counter: an optimizer step or `load_state_dict`
+    bumps the version, `.to()` moves the storage, so a changed weight is repacked, never stale."""
     if not _packing["enabled"]:
         return None
     if _packing["supported"] is None:
@@ -91,7 +91,7 @@ def _packed_weight(layer: torch.nn.Linear) -> torch.Tensor | None:
     if not _packing["supported"]:
         return None
     w = layer.weight
-    key = (w.data_ptr(), w._version)
+    key = (id(w), w.data_ptr(), w._version)
     cached = layer.__dict__.get("_draftvocab_packed")
     if cached is None or cached[0] != key:
         cached = (key, torch.ops.mkldnn._reorder_linear_weight(w.detach()))
