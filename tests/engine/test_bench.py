@@ -87,7 +87,16 @@ def test_benchmark_rows_add_up_and_outputs_match(target):
                    for k in (0, 1)]
         assert overall[name]["tokens_per_s"][0] == pytest.approx(sum(per_run) / 2)
         assert tokens > 0 and secs > 0
+        # decode: the tokens after the first over the time after the first token
+        after = [sum(r["tokens"] - 1 for r in rows if r["variant"] == name and r["run"] == k)
+                 / sum(r["seconds"] - r["ttft"] for r in rows
+                       if r["variant"] == name and r["run"] == k) for k in (0, 1)]
+        assert overall[name]["decode_tokens_per_s"][0] == pytest.approx(sum(after) / 2)
+    assert overall["plain"]["decode_speedup"] == 1.0
+    assert overall["eagle3"]["decode_speedup"] == pytest.approx(
+        overall["eagle3"]["decode_tokens_per_s"][0] / overall["plain"]["decode_tokens_per_s"][0])
     text = markdown(report)
+    assert "decode speed-up" in text
     assert "| **overall** | eagle3 |" in text and "Greedy outputs identical to `plain`: yes" in text
 
 

@@ -280,23 +280,50 @@ def test_init_from_starts_at_a_finished_drafts_weights(target, examples, half_ma
     assert warm_loss < 0.5 * cold_loss
 
 
-def test_init_from_refuses_another_draft(target, examples, half_mapping, full_cover_mapping,
-                                         tmp_path):
+def test_init_from_another_vocabulary_keeps_every_trained_row(target, examples, half_mapping,
+                                                              full_cover_mapping, tmp_path):
+    """--init-from a draft of another mapping (another k, or the same k with other ids): every
+    weight but the LM head as trained, the head row of each token both keep as trained, the
+    rows of newly kept tokens the target's own (a fresh draft's), and the log says so."""
     d2t, t2d = _tensors(half_mapping)
     train_draft(target, examples, tmp_path / "half", d2t=d2t, t2d=t2d,
-                config=_config(max_steps=1))
-    other_k, other_t2d = _tensors(full_cover_mapping)
-    with pytest.raises(DraftVocabError, match="another draft .*draft_vocab_size"):
-        train_draft(target, examples, tmp_path / "x", d2t=other_k, t2d=other_t2d,
-                    init_from=tmp_path / "half", config=_config(max_steps=1))
+                config=_config(max_steps=20, lr=1e-2))
+    old = load_file(str(tmp_path / "half" / "model.safetensors"))
     ids = half_mapping.draft_ids.copy()  # same k, one id swapped for one not kept
     ids[-1] = np.setdiff1d(np.arange(target.vocab_size), ids)[-1]
     swapped = mapping_from_ids(np.sort(ids), target.vocab_size)
-    s_d2t, s_t2d = _tensors(swapped)
-    with pytest.raises(DraftVocabError, match="another vocabulary mapping"):
-        train_draft(target, examples, tmp_path / "y", d2t=s_d2t, t2d=s_t2d,
-                    init_from=tmp_path / "half", config=_config(max_steps=1))
-    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+    for name, m in (("wide", full_cover_mapping), ("swapped", swapped)):
+        n_d2t, n_t2d = _tensors(m)
+        out = tmp_path / name
+        train_draft(target, examples, out, d2t=n_d2t, t2d=n_t2d, init_from=tmp_path / "half",
+                    config=_config(max_steps=1, lr=1e-9, seed=1))
+        new = load_file(str(out / "model.safetensors"))
+        for key in old.keys() - {"lm_head.weight", "d2t", "t2d"}:
+            torch.testing.assert_close(new[key], old[key], rtol=0, atol=1e-6)
+        assert torch.equal(new["d2t"], n_d2t) and torch.equal(new["t2d"], n_t2d)
+        row = {int(t): i for i, t in enumerate(half_mapping.draft_ids)}
+        fresh = build_draft(target, n_d2t, n_t2d, seed=1).lm_head.weight.detach()
+        shared = [(i, row[int(t)]) for i, t in enumerate(m.draft_ids) if int(t) in row]
+        added = [i for i, t in enumerate(m.draft_ids) if int(t) not in row]
+        assert shared and added
+        mine, theirs = zip(*shared)
+        torch.testing.assert_close(new["lm_head.weight"][list(mine)],
+                                   old["lm_head.weight"][list(theirs)], rtol=0, atol=1e-6)
+        torch.testing.assert_close(new["lm_head.weight"][added], fresh[added], rtol=0, atol=1e-6)
+        log = json.loads((out / "train_log.json").read_text())
+        assert log["init_from"]["retrim"] == {
+            "from_k": len(half_mapping.draft_ids), "to_k": len(m.draft_ids),
+            "rows_kept": len(shared), "rows_new": len(added)}
+
+
+def test_init_from_refuses_another_draft(target, examples, half_mapping, tmp_path):
+    d2t, t2d = _tensors(half_mapping)
+    train_draft(target, examples, tmp_path / "half", d2t=d2t, t2d=t2d,
+                config=_config(max_steps=1))
+    with pytest.raises(DraftVocabError, match="another draft .*drafter"):
+        train_draft(target, examples, tmp_path / "x", d2t=d2t, t2d=t2d,
+                    init_from=tmp_path / "half", config=_config(max_steps=1, drafter="specblock"))
+    assert not (tmp_path / "x").exists()
 
 
 # --- (e) checkpoints ----------------------------------------------------------------------------

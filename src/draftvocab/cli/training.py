@@ -220,9 +220,9 @@ def train_cmd(
     resume: Annotated[bool, typer.Option(
         "--resume", help="Continue from the latest checkpoint in --out.")] = False,
     init_from: Annotated[Path | None, typer.Option(
-        "--init-from", help="Start from this finished draft's weights (same drafter, layers "
-        "and --mapping) with a new optimizer and schedule: a warm restart, or fine-tuning a "
-        "draft on new data.")] = None,
+        "--init-from", help="Start from this finished draft's weights (same drafter and "
+        "layers) with a new optimizer and schedule: a warm restart, fine-tuning on new data, or "
+        "a new --mapping (the LM-head rows of tokens both keep carry over).")] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed for sampling, init and data order.")]
     = 0,
     cache_features: Annotated[Path | None, typer.Option(

@@ -4,7 +4,9 @@ serve`), interleaved per request so machine noise hits every variant alike; seve
 independent runs give mean ± 95 % CI.
 
 Reports per Spec-Bench category (MT-Bench's eight categories pooled as `mt_bench`, both turns)
-and overall: output tokens/s, latency per request, time to first token, mean accept length τ
+and overall: output tokens/s, the same after the first token (decode: the prefill, identical
+work with or without a draft, dilutes short replies' speed-ups), latency per request, time to
+first token, mean accept length τ
 (generated tokens per target forward, Spec-Bench's definition; from a server only where it
 reports it) and the draft's share of decode time. A server's numbers are the client's, from
 streaming timestamps: request sent to first text, and to the last byte. Greedy outputs of every
@@ -283,6 +285,11 @@ def summarise(rows, names, runs, mismatches, max_new_tokens) -> dict[str, Any]:
             metric = functools.partial(_metric, runs_)
             table.setdefault(cat, {})[name] = {
                 "tokens_per_s": metric(lambda a: a["tokens"] / a["seconds"], "seconds"),
+                # after the first token: the prefill is the same work with or without a draft,
+                # so with short replies it dilutes every speed-up toward 1
+                "decode_tokens_per_s": metric(
+                    lambda a: max(a["tokens"] - a["requests"], 0) / max(
+                        a["seconds"] - a["ttft"], 1e-12), "seconds", "ttft"),
                 "latency_s": metric(lambda a: a["seconds"] / a["requests"], "seconds"),
                 "ttft_s": metric(lambda a: a["ttft"] / a["requests"], "ttft"),
                 # tau counts decode-phase forwards: the first token comes from the prefill.
@@ -304,6 +311,8 @@ def summarise(rows, names, runs, mismatches, max_new_tokens) -> dict[str, Any]:
         for stats in by_name.values():
             ref, own = by_name[base]["tokens_per_s"], stats["tokens_per_s"]
             stats["speedup"] = own[0] / ref[0] if ref and own else None
+            ref, own = by_name[base]["decode_tokens_per_s"], stats["decode_tokens_per_s"]
+            stats["decode_speedup"] = own[0] / ref[0] if ref and own and ref[0] else None
     return {"variants": names, "runs": runs, "max_new_tokens": max_new_tokens,
             "greedy_mismatches": {n: mismatches.get(n, 0) for n in names},
             "table": table, "rows": rows}
@@ -317,19 +326,23 @@ def markdown(report: dict[str, Any]) -> str:
     names = report["variants"]
     head = (f"{report['runs']} runs, mean ± 95 % CI; speed-up vs `{names[0]}`; "
             f"max {report['max_new_tokens']} new tokens per request; TTFT = time to first "
-            "token (in-process: the prefill).")
-    columns = ("| category | variant | tok/s | speed-up | τ (accept length) | latency s | "
-               "TTFT s | draft share | drafter fwd/token |")
-    lines = [head, "", columns, "|---|---|---|---|---|---|---|---|---|"]
+            "token (in-process: the prefill); decode = the tokens after the first over the time "
+            "after it (the prefill, the same with or without a draft, left out).")
+    columns = ("| category | variant | tok/s | speed-up | decode tok/s | decode speed-up | "
+               "τ (accept length) | latency s | TTFT s | draft share | drafter fwd/token |")
+    lines = [head, "", columns, "|---|---|---|---|---|---|---|---|---|---|---|"]
     for cat, by_name in report["table"].items():
         for name in names:
             s = by_name[name]
             label = f"**{cat}**" if cat == "overall" else cat
             speedup = "—" if s["speedup"] is None else f"{s['speedup']:.2f}×"
+            decode = ("—" if s.get("decode_speedup") is None
+                      else f"{s['decode_speedup']:.2f}×")
             share = "—" if s["draft_share"] is None else f"{s['draft_share'][0]:.0%}"
             fwd = ("—" if s["draft_forwards_per_token"] is None
                    else f"{s['draft_forwards_per_token'][0]:.2f}")
             lines.append(f"| {label} | {name} | {_cell(s['tokens_per_s'], '.1f')} | {speedup} | "
+                         f"{_cell(s.get('decode_tokens_per_s'), '.1f')} | {decode} | "
                          f"{_cell(s['accept_length'])} | {_cell(s['latency_s'])} | "
                          f"{_cell(s['ttft_s'], '.3f')} | {share} | {fwd} |")
     if report.get("skipped_too_long"):

@@ -233,9 +233,10 @@ def train_draft(target, examples: Sequence[Example], out: str | os.PathLike, *,
     `heldout(draft)` (e.g. acceptance.chain_tau on held-out replies) is called before the
     first step, every `eval_every` steps (default: ten times a run) and at the end; its results are logged under "eval"
     with the step and the supervised tokens trained on. `init_from` (a finished draft of the
-    same shape and mapping) starts from its weights instead of a fresh init, with a new optimizer
-    and schedule: a warm restart, or fine-tuning a draft on new data; the logged tokens go on
-    from the ones its train_log.json counted.
+    same shape; its mapping may differ, `warm_start`) starts from its weights instead of a fresh
+    init, with a new optimizer and schedule: a warm restart, fine-tuning a draft on new data, or
+    moving it to another vocabulary; the logged tokens go on from the ones its train_log.json
+    counted.
 
     >>> examples, _ = encode_conversations(read_conversations("chats.jsonl"), target.tokenizer,
     ...                                    1024)
@@ -368,24 +369,28 @@ def train_draft(target, examples: Sequence[Example], out: str | os.PathLike, *,
 
 def warm_start(draft: Drafter, path: str | os.PathLike) -> dict[str, Any]:
     """Load the weights of the finished draft at `path` into the fresh `draft` (same drafter,
-    shape, target layers and mapping, or one clear error). Returns what the run records of it:
-    its path, the sha256 of its weights and the supervised tokens its train_log.json counted."""
+    shape and target layers, or one clear error). Returns what the run records of it: its
+    path, the sha256 of its weights and the supervised tokens its train_log.json counted.
+
+    The vocabulary may differ (`retrim_state`): a draft trained on one mapping starts another
+    with everything but its LM head's new rows, so choosing k again does not mean training again.
+    """
     from draftvocab.engine.drafters import read_config, read_state
 
     path = Path(path)
     config = read_config(path)
-    if config != draft.config:
-        mine, theirs = asdict(draft.config), asdict(config)
-        if type(config) is not type(draft.config):
-            differ = f"drafter {type(config).__name__} -> {type(draft.config).__name__}"
-        else:
-            differ = ", ".join(f"{k} {theirs[k]!r} -> {mine[k]!r}" for k in mine
-                               if theirs[k] != mine[k])
-        raise DraftVocabError(f"cannot start from {path}: it is another draft ({differ})")
+    mine, theirs = asdict(draft.config), asdict(config)
+    if type(config) is not type(draft.config):
+        raise DraftVocabError(f"cannot start from {path}: it is another draft (drafter "
+                              f"{type(config).__name__} -> {type(draft.config).__name__})")
+    differ = [k for k in mine if theirs[k] != mine[k] and k != "draft_vocab_size"]
+    if differ:
+        raise DraftVocabError(f"cannot start from {path}: it is another draft (" + ", ".join(
+            f"{k} {theirs[k]!r} -> {mine[k]!r}" for k in differ) + ")")
     state = read_state(path, config)
+    retrim = None
     if not torch.equal(state["d2t"].long().cpu(), draft.d2t.cpu()):
-        raise DraftVocabError(f"cannot start from {path}: it was trained with another "
-                              "vocabulary mapping (d2t differs)")
+        state, retrim = retrim_state(state, draft)
     with torch.no_grad():
         draft.load_state_dict(state, strict=True)
     tokens = 0
@@ -396,8 +401,37 @@ def warm_start(draft: Drafter, path: str | os.PathLike) -> dict[str, Any]:
             tokens = int(steps[-1].get("tokens", 0)) if steps else 0
         except (json.JSONDecodeError, AttributeError, TypeError, ValueError):
             pass  # a log that does not parse only loses the token count
-    return {"path": str(path), "sha256": sha256_file(path / "model.safetensors"),
+    info = {"path": str(path), "sha256": sha256_file(path / "model.safetensors"),
             "tokens": tokens}
+    return {**info, "retrim": retrim} if retrim is not None else info
+
+
+def retrim_state(state: dict[str, torch.Tensor], draft: Drafter
+                 ) -> tuple[dict[str, torch.Tensor], dict[str, int]]:
+    """`state` (a draft trained on another vocabulary mapping) for `draft`'s mapping: every
+    weight as trained, the LM-head row of each token both vocabularies keep as trained, and the
+    rows of newly kept tokens as `draft` starts them (the target's LM-head rows, `build_draft`).
+    The LM head is the only vocabulary-shaped weight a drafter may have here; a state with
+    another one is refused rather than guessed at."""
+    own = draft.state_dict()
+    odd = sorted(k for k in own if k not in ("lm_head.weight", "d2t", "t2d")
+                 and k in state and state[k].shape != own[k].shape)
+    if odd or state["t2d"].numel() != draft.t2d.numel():
+        raise DraftVocabError("cannot start from a draft of another vocabulary: its "
+                              + (", ".join(odd) if odd else "target vocabulary size")
+                              + " differ in shape")
+    old_ids = torch.arange(state["d2t"].numel()) + state["d2t"].long().cpu()
+    k = draft.d2t.numel()
+    new_ids = draft.to_target_ids(torch.arange(k, device=draft.d2t.device)).cpu()
+    row = torch.full((draft.t2d.numel(),), -1, dtype=torch.long)
+    row[old_ids] = torch.arange(old_ids.numel())
+    src = row[new_ids]
+    kept = src >= 0
+    head = own["lm_head.weight"].detach().clone()
+    head[kept.to(head.device)] = state["lm_head.weight"][src[kept]].to(head)
+    state = {**state, "lm_head.weight": head, "d2t": own["d2t"], "t2d": own["t2d"]}
+    return state, {"from_k": int(old_ids.numel()), "to_k": int(new_ids.numel()),
+                   "rows_kept": int(kept.sum()), "rows_new": int((~kept).sum())}
 
 
 def mapping_tensors(m, vocab_size: int) -> tuple[torch.Tensor, torch.Tensor]:
