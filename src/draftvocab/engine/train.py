@@ -411,15 +411,9 @@ def retrim_state(state: dict[str, torch.Tensor], draft: Drafter
     """`state` (a draft trained on another vocabulary mapping) for `draft`'s mapping: every
     weight as trained, the LM-head row of each token both vocabularies keep as trained, and the
     rows of newly kept tokens as `draft` starts them (the target's LM-head rows, `build_draft`).
-    The LM head is the only vocabulary-shaped weight a drafter may have here; a state with
-    another one is refused rather than guessed at."""
+    The LM head is a drafter's only vocabulary-shaped weight; `warm_start` has checked that
+    everything else in the two configs agrees."""
     own = draft.state_dict()
-    odd = sorted(k for k in own if k not in ("lm_head.weight", "d2t", "t2d")
-                 and k in state and state[k].shape != own[k].shape)
-    if odd or state["t2d"].numel() != draft.t2d.numel():
-        raise DraftVocabError("cannot start from a draft of another vocabulary: its "
-                              + (", ".join(odd) if odd else "target vocabulary size")
-                              + " differ in shape")
     old_ids = torch.arange(state["d2t"].numel()) + state["d2t"].long().cpu()
     k = draft.d2t.numel()
     new_ids = draft.to_target_ids(torch.arange(k, device=draft.d2t.device)).cpu()
