@@ -99,3 +99,56 @@ def test_tree_rows_leave_the_cache_tensors_as_they_found_them(smol_bf16):
     finally:
         AttentionInterface.register(stepwise.NAME, stepwise.attention)
     assert len(calls) == t.config.num_hidden_layers and all(calls)
+
+
+def test_chain_rows_share_one_attention_call_and_equal_steps_across_a_bucket(smol_bf16,
+                                                                            monkeypatch):
+    """Chain rows over a `SlabLayer` cache attend in one call per layer when they pad to one
+    length, in two when they straddle a `BUCKET` boundary; either way each row equals its
+    one-token step."""
+    from draftvocab.engine import stepwise
+
+    t, calls = smol_bf16, []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return sdpa(*args, **kwargs)
+
+    base = t.prompt_ids([{"role": "user", "content": "Count to twenty, slowly."}])
+    text = t.tokenizer.encode(" One, two, three, four, five, six, seven", add_special_tokens=False)
+    for n, rows in ((stepwise.BUCKET * 2 - 2, 5), (stepwise.BUCKET * 2 + 3, 4)):  # 2, 1 calls
+        prompt = (base * 10)[:n]
+        ref = _steps(t, prompt, text[:rows])
+        cache = t.forward(torch.tensor([prompt])).past_key_values
+        assert isinstance(cache.layers[0], stepwise.SlabLayer)
+        nodes = [DraftNode(tok, j - 1, j + 1) for j, tok in enumerate(text[1:rows])]
+        calls.clear()
+        with monkeypatch.context() as m:
+            m.setattr(torch.nn.functional, "scaled_dot_product_attention", counted)
+            _, _, out = verify(t, nodes, text[0], n, cache)
+        straddles = stepwise._padded_length(n + 1) != stepwise._padded_length(n + rows)
+        assert len(calls) == t.config.num_hidden_layers * (2 if straddles else 1), (n, rows)
+        for r in range(rows):
+            assert torch.equal(out.logits[0, r], ref[r]), (n, r)
+
+
+def test_slab_layer_appends_in_place_and_keeps_what_a_crop_left():
+    from draftvocab.engine.stepwise import BUCKET, SlabLayer
+
+    layer, first = SlabLayer(), torch.randn(1, 2, BUCKET - 1, 4)
+    keys, _ = layer.update(first, -first)
+    slab = keys.data_ptr()
+    keys, values = layer.update(torch.ones(1, 2, 1, 4), torch.zeros(1, 2, 1, 4))
+    assert keys.data_ptr() == slab and keys.shape[2] == BUCKET  # written in place
+    assert torch.equal(keys[:, :, :-1], first) and torch.equal(values[:, :, :-1], -first)
+    wide, _ = keys._wide
+    assert wide.shape[2] % BUCKET == 0 and wide.shape[2] >= keys.shape[2]
+    layer.crop(-3)  # a view: the next update writes after what is left
+    keys, _ = layer.update(torch.full((1, 2, 2, 4), 7.0), torch.zeros(1, 2, 2, 4))
+    assert keys.data_ptr() == slab and keys.shape[2] == BUCKET - 1
+    assert torch.equal(keys[:, :, :BUCKET - 3], first[:, :, :BUCKET - 3])
+    assert torch.equal(keys[:, :, -2:], torch.full((1, 2, 2, 4), 7.0))
+    grown, _ = layer.update(torch.ones(1, 2, BUCKET * 3, 4), torch.ones(1, 2, BUCKET * 3, 4))
+    assert grown.shape[2] == BUCKET * 4 - 1 and torch.equal(grown[:, :, :BUCKET - 1], keys)
+    assert grown._wide[0].shape[2] == BUCKET * 4

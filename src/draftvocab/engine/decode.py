@@ -107,7 +107,7 @@ class SpeculativeDecoder:
                                   "lookup >= 0")
         # Rejected rows are cut out of the cache by position (_keep_cache): full attention only.
         kinds = {type(layer).__name__ for layer in target.new_cache().layers}
-        if kinds - {"DynamicLayer"}:
+        if kinds - {"DynamicLayer", "SlabLayer"}:
             raise DraftVocabError(f"speculative decoding here needs full-attention KV caches; "
                                   f"this target uses {sorted(kinds)}")
         self.target, self.draft = target, draft

@@ -25,6 +25,7 @@ import torch
 from draftvocab.core.assets import cache_dir, load_tokenizer, sha256_text
 from draftvocab.core.atomic import atomic_directory
 from draftvocab.core.errors import DraftVocabError
+from draftvocab.engine import stepwise
 from draftvocab.engine.rowforms import candidate_forms, patch_linears, use_form
 from draftvocab.engine.stepwise import install, stepwise_rows
 
@@ -129,8 +130,12 @@ class Target:
         return int(getattr(self.config, "max_position_embeddings", 0) or 2**31)
 
     def new_cache(self):
+        """A DynamicCache; with stepwise attention its layers are `stepwise.SlabLayer`s, whose
+        padded keys let verify rows share a call."""
         from transformers import DynamicCache
 
+        if self.stepwise:
+            return stepwise.new_cache(self.config)
         return DynamicCache(config=self.config)
 
     @torch.no_grad()  # not inference_mode: drafts train on these outputs
