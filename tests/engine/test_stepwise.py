@@ -104,8 +104,8 @@ def test_tree_rows_leave_the_cache_tensors_as_they_found_them(smol_bf16):
 def test_chain_rows_share_one_attention_call_and_equal_steps_across_a_bucket(smol_bf16,
                                                                             monkeypatch):
     """Chain rows over a `SlabLayer` cache attend in one call per layer when they pad to one
-    length, in two when they straddle a `BUCKET` boundary; either way each row equals its
-    one-token step."""
+    length, in two when they straddle a `BUCKET` boundary or outnumber `MAX_ROWS`; either way
+    each row equals its one-token step."""
     from draftvocab.engine import stepwise
 
     t, calls = smol_bf16, []
@@ -116,8 +116,12 @@ def test_chain_rows_share_one_attention_call_and_equal_steps_across_a_bucket(smo
         return sdpa(*args, **kwargs)
 
     base = t.prompt_ids([{"role": "user", "content": "Count to twenty, slowly."}])
-    text = t.tokenizer.encode(" One, two, three, four, five, six, seven", add_special_tokens=False)
-    for n, rows in ((stepwise.BUCKET * 2 - 2, 5), (stepwise.BUCKET * 2 + 3, 4)):  # 2, 1 calls
+    text = t.tokenizer.encode(" One, two, three, four, five, six, seven, eight, nine, ten, "
+                              "eleven", add_special_tokens=False)
+    cases = ((stepwise.BUCKET * 2 - 2, 5, 2), (stepwise.BUCKET * 2 + 3, 4, 1),
+             (stepwise.BUCKET * 3, stepwise.MAX_ROWS + 2, 2))  # (cached, rows, calls per layer)
+    assert len(text) >= stepwise.MAX_ROWS + 2
+    for n, rows, shared in cases:
         prompt = (base * 10)[:n]
         ref = _steps(t, prompt, text[:rows])
         cache = t.forward(torch.tensor([prompt])).past_key_values
@@ -127,8 +131,7 @@ def test_chain_rows_share_one_attention_call_and_equal_steps_across_a_bucket(smo
         with monkeypatch.context() as m:
             m.setattr(torch.nn.functional, "scaled_dot_product_attention", counted)
             _, _, out = verify(t, nodes, text[0], n, cache)
-        straddles = stepwise._padded_length(n + 1) != stepwise._padded_length(n + rows)
-        assert len(calls) == t.config.num_hidden_layers * (2 if straddles else 1), (n, rows)
+        assert len(calls) == t.config.num_hidden_layers * shared, (n, rows)
         for r in range(rows):
             assert torch.equal(out.logits[0, r], ref[r]), (n, r)
 

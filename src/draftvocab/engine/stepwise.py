@@ -42,6 +42,7 @@ from transformers.cache_utils import DynamicLayer
 NAME = "draftvocab_stepwise"
 _ROWS = contextvars.ContextVar("draftvocab_stepwise", default=None)
 BUCKET = 64  # a call attends over the keys up to the next multiple of this many slots
+MAX_ROWS = 16  # rows per shared call: the row counts measured exact (2-17), not more
 
 
 class SlabLayer(DynamicLayer):
@@ -200,10 +201,13 @@ def attention(module, query, key, value, attention_mask, **kwargs):
     packed = query[0].transpose(0, 1).reshape(q, hkv, h // hkv, d)
     outs: list[torch.Tensor | None] = [None] * q
     prefix = [r for r in range(q) if rows.moves[r] is None]
-    groups: dict[int, list[int]] = {}
+    groups: list[tuple[int, list[int]]] = []  # (padded length, rows); at most MAX_ROWS rows
     for r in prefix if wide is not None else []:
-        groups.setdefault(_padded_length(rows.seen[r]), []).append(r)
-    for length, group in groups.items():
+        length = _padded_length(rows.seen[r])
+        if not groups or groups[-1][0] != length or len(groups[-1][1]) == MAX_ROWS:
+            groups.append((length, []))
+        groups[-1][1].append(r)
+    for length, group in groups:
         # prefix rows are rows 0..p-1 (each sees every row before it), so a group is a slice
         got = _rows_call(packed[group[0]:group[-1] + 1], _widened(wide, length),
                          [rows.seen[r] for r in group], scale)
