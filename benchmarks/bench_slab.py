@@ -31,36 +31,39 @@ SHAPES = {"verify 1": [],
           "tree 1x3": [DraftNode(11, -1, 1), DraftNode(12, -1, 1), DraftNode(13, -1, 1)]}
 
 
+def measure(target, n: int, reps: int) -> dict:
+    """Median ms of each way on both caches over `n` cached tokens, interleaved."""
+    prompt = torch.randint(100, 40000, (1, n))
+    caches = {"slab": target.forward(prompt).past_key_values,
+              "dynamic": target.forward(
+                  prompt, past=DynamicCache(config=target.config)).past_key_values}
+    times: dict[tuple[str, str], list[float]] = {
+        (c, w): [] for c in caches for w in ("step", *SHAPES)}
+    for _ in range(reps):
+        for (cache_kind, way), samples in times.items():
+            cache = caches[cache_kind]
+            t0 = time.perf_counter()
+            if way == "step":
+                target.forward(torch.tensor([[5]]), past=cache)
+            else:
+                verify(target, SHAPES[way], 5, n, cache)
+            samples.append(time.perf_counter() - t0)
+            cache.crop(-(len(SHAPES.get(way, [])) + 1))
+    med = {key: statistics.median(t[3:]) * 1e3 for key, t in times.items()}
+    base = med[("dynamic", "step")]
+    return {c: {w: {"ms": round(med[(c, w)], 1), "x_dynamic_step": round(med[(c, w)] / base, 3)}
+                for w in ("step", *SHAPES)} for c in caches}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--lengths", default="150,600,1500", help="cache lengths (prompt tokens)")
     ap.add_argument("--reps", type=int, default=14, help="interleaved repetitions (3 warm-up)")
     a = ap.parse_args()
-    torch.manual_seed(0)
     target = load_target("smollm2-135m", dtype=torch.bfloat16)
-    out = {}
-    for n in (int(x) for x in a.lengths.split(",")):
-        prompt = torch.randint(100, 40000, (1, n))
-        caches = {"slab": target.forward(prompt).past_key_values,
-                  "dynamic": target.forward(
-                      prompt, past=DynamicCache(config=target.config)).past_key_values}
-        times: dict[tuple[str, str], list[float]] = {
-            (c, w): [] for c in caches for w in ("step", *SHAPES)}
-        for _ in range(a.reps):
-            for (cache_kind, way), samples in times.items():
-                cache = caches[cache_kind]
-                t0 = time.perf_counter()
-                if way == "step":
-                    target.forward(torch.tensor([[5]]), past=cache)
-                else:
-                    verify(target, SHAPES[way], 5, n, cache)
-                samples.append(time.perf_counter() - t0)
-                cache.crop(-(len(SHAPES.get(way, [])) + 1))
-        med = {key: statistics.median(t[3:]) * 1e3 for key, t in times.items()}
-        base = med[("dynamic", "step")]
-        out[f"{n} cached tokens"] = {
-            c: {w: {"ms": round(med[(c, w)], 1), "x_dynamic_step": round(med[(c, w)] / base, 3)}
-                for w in ("step", *SHAPES)} for c in caches}
+    torch.manual_seed(0)
+    out = {f"{n} cached tokens": measure(target, n, a.reps)
+           for n in (int(x) for x in a.lengths.split(","))}
     print(json.dumps(out, indent=2))
 
 
