@@ -48,3 +48,32 @@ Loud()
 """
     res = _run(code)
     assert "ValueError: from a finaliser" in res.stderr and "Exception ignored" in res.stderr
+
+
+def test_an_interrupt_during_an_import_is_raised_once_the_import_is_over(tmp_path):
+    """Raised inside a module's initialiser, a KeyboardInterrupt can hit C++ that calls back into
+    Python (torch's pybind11 initialisers), which aborts the process; so it waits for the
+    import to end, and still ends the run."""
+    (tmp_path / "slow_module.py").write_text(
+        "import os, signal\n"
+        "os.kill(os.getpid(), signal.SIGTERM)\n"
+        "total = sum(range(200_000))  # many bytecodes: the handler runs inside the import\n"
+        "DONE = True\n")
+    code = f"""
+import sys, time
+sys.path.insert(0, {str(tmp_path)!r})
+from draftvocab.core import interrupts
+interrupts.install()
+try:
+    import slow_module
+    print("imported", interrupts.received())
+    time.sleep(5)
+    print("never interrupted")
+except KeyboardInterrupt:
+    done = getattr(sys.modules.get("slow_module"), "DONE", False)
+    print("interrupted after the import" if done else "interrupted inside the import")
+"""
+    res = _run(code)
+    assert res.stdout.split("\n")[:2] == [f"imported {int(signal.SIGTERM)}",
+                                          "interrupted after the import"], res
+    assert "Traceback" not in res.stderr, res.stderr

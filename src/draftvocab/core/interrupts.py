@@ -9,22 +9,29 @@ parent decides — and the parent stops them. A third signal exits at once, for 
 code that ignores the first two. An interrupt that lands where Python cannot raise it (a fork
 hook such as logging's, a finaliser) is still recorded; Python's "Exception ignored in ..."
 traceback for it is not printed, since `check()` ends the run with the one line anyway.
+One that lands while a module is being imported is held back until the import is over: torch's
+C++ module initialisers call back into Python, and a KeyboardInterrupt raised there cannot
+propagate through them — the process aborted (SIGABRT, "terminate called after throwing an
+instance of 'pybind11::error_already_set'") in 3 of 690 SIGTERMs sent during `import torch`.
 
 Owns only signal handling; what an interrupted command leaves behind is `atomic.py`'s job.
 """
 
 from __future__ import annotations
 
+import _thread
 import contextlib
 import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Iterator
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 EXIT_CODE = 130
 _received: list[int] = []
+_held: list[int] = []  # signals that came during an import, delivered once it is over
 _owner: list[int] = []  # the process the handler was installed in
 _previous_unraisable = [sys.unraisablehook]  # the hook `install` replaced
 
@@ -55,6 +62,13 @@ def _handle(signum: int, frame) -> None:
         if signum == signal.SIGTERM:
             os._exit(128 + signum)
         return
+    if not _received and _importing(frame):
+        _held.append(signum)
+        if len(_held) >= 3:
+            os._exit(EXIT_CODE)
+        if len(_held) == 1:
+            threading.Thread(target=_deliver_after_import, args=(signum,), daemon=True).start()
+        return
     _received.append(signum)
     if len(_received) == 1:
         raise KeyboardInterrupt
@@ -63,13 +77,36 @@ def _handle(signum: int, frame) -> None:
     # A second one arrives while clean-up runs: let the clean-up finish.
 
 
+def _importing(frame) -> bool:
+    while frame is not None:
+        if frame.f_code.co_filename.startswith("<frozen importlib"):
+            return True
+        frame = frame.f_back
+    return False
+
+
+def _deliver_after_import(signum: int) -> None:
+    """Watch the main thread; once it is out of every import, raise `signum` there again (it
+    reaches `_handle`, which holds it back anew if another import has begun meanwhile)."""
+    main = threading.main_thread().ident
+    while not _received:
+        frame = sys._current_frames().get(main)
+        if frame is None:
+            return
+        if not _importing(frame):
+            _thread.interrupt_main(signum)
+        time.sleep(0.01)
+
+
 def received() -> int | None:
     """The first signal this process received, or None."""
-    return _received[0] if _received else None
+    return _received[0] if _received else _held[0] if _held else None
 
 
 def check() -> None:
     """Raise KeyboardInterrupt if an interrupt came, even one a library swallowed."""
+    if _held and not _received:  # raised here: `_deliver_after_import` must not raise it again
+        _received.append(_held[0])
     if _received or _blocked_pending():
         raise KeyboardInterrupt
 
@@ -108,3 +145,4 @@ def ignore() -> None:
 def reset() -> None:
     """Forget received signals (tests running several commands in one process)."""
     _received.clear()
+    _held.clear()
