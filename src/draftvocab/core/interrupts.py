@@ -89,7 +89,7 @@ def _deliver_after_import(signum: int) -> None:
     """Watch the main thread; once it is out of every import, raise `signum` there again (it
     reaches `_handle`, which holds it back anew if another import has begun meanwhile)."""
     main = threading.main_thread().ident
-    while not _received:
+    while not _received and signal.getsignal(signum) is _handle:  # not after `ignore()`
         frame = sys._current_frames().get(main)
         if frame is None:
             return

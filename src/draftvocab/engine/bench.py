@@ -7,9 +7,10 @@ Reports per Spec-Bench category (MT-Bench's eight categories pooled as `mt_bench
 and overall: output tokens/s, the same after the first token (decode: the prefill, identical
 work with or without a draft, dilutes short replies' speed-ups), latency per request, time to
 first token, mean accept length τ (generated tokens per target forward, Spec-Bench's
-definition; from a server only where it reports it) and the draft's share of decode time. A server's numbers are the client's, from
-streaming timestamps: request sent to first text, and to the last byte. Greedy outputs of every
-variant are checked against the reference: any difference is reported, never hidden.
+definition; from a server only where it reports it) and the draft's share of decode time. A
+server's numbers are the client's, from streaming timestamps: request sent to first text, and
+to the last byte. Greedy outputs of every variant are checked against the reference: any
+difference is reported, never hidden.
 """
 
 from __future__ import annotations

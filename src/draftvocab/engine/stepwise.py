@@ -216,7 +216,7 @@ def attention(module, query, key, value, attention_mask, **kwargs):
             outs[r] = got[:, j]
     tail = None
     try:
-        for r in range(q):
+        for r in sorted(range(q), key=lambda r: rows.moves[r] is not None):  # prefix rows first
             if outs[r] is not None:
                 continue
             n, move = rows.seen[r], rows.moves[r]
