@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from draftvocab.engine.acceptance import chain_tau, prepare_heldout, replay
+from draftvocab.engine.acceptance import chain_tau, first_token_outcomes, prepare_heldout, replay
 from draftvocab.engine.decode import SpeculativeDecoder
 from draftvocab.engine.train import Example
 from tests.conftest import make_tiny_target
@@ -81,3 +81,25 @@ def test_eval_keeps_the_drafts_mode(target):
     held = prepare_heldout(target, [_example(p, _greedy(target, p)) for p in _prompts(2)])
     chain_tau(draft, held, 2)
     assert draft.training
+
+
+def test_first_token_outcomes_split_acc0_into_vocabulary_and_prediction(target):
+    """Counted by brute force over each reply: the positions and hits are chain_tau's acc@0,
+    `outside` the target tokens a trimmed vocabulary lacks, `outside_in_context` those that
+    already occurred in the prompt or the reply before them."""
+    prompts = _prompts(6)
+    draft = _draft(target, KEEP)
+    examples = [_example(p, _greedy(target, p)) for p in prompts]
+    held = prepare_heldout(target, examples, batch_size=4)
+    got = first_token_outcomes(draft, held)
+    assert len(got) == len(examples)
+    acc0 = sum(o["right"] for o in got) / sum(o["positions"] for o in got)
+    assert acc0 == pytest.approx(chain_tau(draft, held, 1)["acc"][0])
+    for outcome, example in zip(got, examples, strict=True):
+        ids, sup = example.ids.tolist(), example.supervised
+        wanted = [(p, ids[p + 2]) for p in range(len(ids) - 2) if sup[p + 1] and sup[p + 2]]
+        outside = [(p, w) for p, w in wanted if w not in KEEP]
+        assert outcome["positions"] == len(wanted)
+        assert outcome["outside"] == len(outside)
+        assert outcome["outside_in_context"] == sum(w in ids[:p + 2] for p, w in outside)
+    assert sum(o["outside"] for o in got) > sum(o["outside_in_context"] for o in got) > 0
