@@ -90,8 +90,10 @@ def test_first_token_outcomes_split_acc0_into_vocabulary_and_prediction(target):
     prompts = _prompts(6)
     draft = _draft(target, KEEP)
     examples = [_example(p, _greedy(target, p)) for p in prompts]
+    examples.insert(2, _example([1], _greedy(target, [1])[:1]))  # nothing to draft in it
     held = prepare_heldout(target, examples, batch_size=4)
     got = first_token_outcomes(draft, held)
+    assert got[2]["positions"] == 0
     assert len(got) == len(examples)
     acc0 = sum(o["right"] for o in got) / sum(o["positions"] for o in got)
     assert acc0 == pytest.approx(chain_tau(draft, held, 1)["acc"][0])

@@ -136,7 +136,8 @@ def first_token_outcomes(draft, held: HeldOut) -> list[dict]:
             n = int(batch.lengths[i])
             ids, sup = batch.ids[i, :n], batch.supervised[i, :n]
             # draft position p proposes token p+2; the target's is its argmax at row p+1
-            at = torch.nonzero(rows[i, :n - 2] & sup[2:n]).flatten()
+            m = max(n - 2, 0)
+            at = torch.nonzero(rows[i, :m] & sup[2:2 + m]).flatten()
             want = argmax[i, at + 1]
             first = torch.full((len(t2d),), n, dtype=torch.long, device=ids.device)
             first.scatter_reduce_(0, ids, torch.arange(n, device=ids.device), "amin")
