@@ -33,11 +33,10 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from vocab_gap import categories
+from vocab_gap import categories, groups, replayed
 
 from draftvocab.chat.conversations import read_conversations
 from draftvocab.chat.spans import ChatSpans
-from draftvocab.engine.acceptance import prepare_heldout
 from draftvocab.engine.drafters import load_draft
 from draftvocab.engine.drafters.base import shift_left
 from draftvocab.engine.drafters.eagle3 import ttt_mask
@@ -52,7 +51,7 @@ class ContextRows:
     """The draft with one extra LM-head row per context token outside its vocabulary."""
 
     def __init__(self, target, draft, way: str):
-        self.draft, self.way, self.tokenizer = draft, way, target.tokenizer
+        self.draft, self.tokenizer = draft, target.tokenizer
         self.head = target.model.get_output_embeddings().weight.detach().float()
         self.kept = draft.to_target_ids(torch.arange(draft.config.draft_vocab_size))
         self.t2d = draft.target_to_draft()
@@ -162,12 +161,7 @@ def train(rows: ContextRows, data: Path, features: Path, steps: int, lr: float, 
 
 @torch.no_grad()
 def acc0(target, rows: ContextRows, replies: Path, named: dict[str, str]) -> dict[str, float]:
-    records = [json.loads(line) for line in replies.read_text(encoding="utf-8").splitlines()]
-    chats = [[{k: v for k, v in m.items() if k in ("role", "content")} for m in r["messages"]]
-             for r in records]
-    examples, _ = encode_conversations(chats, target.tokenizer, 1024,
-                                       spans=ChatSpans(target.tokenizer))
-    held = prepare_heldout(target, examples)
+    chats, held = replayed(target, replies)
     counts: dict[str, list[int]] = {}
     at = 0
     for batch, hidden, argmax in held.batches:
@@ -178,8 +172,7 @@ def acc0(target, rows: ContextRows, replies: Path, named: dict[str, str]) -> dic
         scored = (shift_left(batch.supervised, 1, False) & shift_left(batch.supervised, 2, False)
                   & inside)
         for i in range(len(batch.ids)):
-            cat = named.get(chats[at + i][0]["content"].strip(), "other") if named else "all"
-            for name in {cat, "all"}:
+            for name in groups(chats[at + i], named):
                 c = counts.setdefault(name, [0, 0])
                 c[0] += int(right[i][scored[i]].sum())
                 c[1] += int(scored[i].sum())

@@ -19,7 +19,7 @@ import json
 from pathlib import Path
 
 from draftvocab.chat.spans import ChatSpans
-from draftvocab.engine.acceptance import first_token_outcomes, prepare_heldout
+from draftvocab.engine.acceptance import HeldOut, first_token_outcomes, prepare_heldout
 from draftvocab.engine.drafters import load_draft
 from draftvocab.engine.target import load_target
 from draftvocab.engine.train import encode_conversations
@@ -40,7 +40,9 @@ def categories(path: Path | None) -> dict[str, str]:
     return out
 
 
-def gap(target, draft, replies: Path, named: dict[str, str]) -> dict[str, dict]:
+def replayed(target, replies: Path) -> tuple[list[list[dict]], HeldOut]:
+    """The regenerated conversations of `replies` and their held-out replay (one example each,
+    in order: a conversation that cannot be encoded stops the run)."""
     records = [json.loads(line) for line in replies.read_text(encoding="utf-8").splitlines()]
     chats = [[{k: v for k, v in m.items() if k in ("role", "content")} for m in r["messages"]]
              for r in records]
@@ -48,11 +50,20 @@ def gap(target, draft, replies: Path, named: dict[str, str]) -> dict[str, dict]:
                                              spans=ChatSpans(target.tokenizer))
     if skipped:
         raise SystemExit(f"{replies}: {skipped} conversations could not be encoded")
-    outcomes = first_token_outcomes(draft, prepare_heldout(target, examples))
+    return chats, prepare_heldout(target, examples)
+
+
+def groups(chat: list[dict], named: dict[str, str]) -> set[str]:
+    """The rows a conversation counts in: its category's and "all"."""
+    return {named.get(chat[0]["content"].strip(), "other") if named else "all", "all"}
+
+
+def gap(target, draft, replies: Path, named: dict[str, str]) -> dict[str, dict]:
+    chats, held = replayed(target, replies)
+    outcomes = first_token_outcomes(draft, held)
     table: dict[str, dict] = {}
     for chat, outcome in zip(chats, outcomes, strict=True):
-        cat = named.get(chat[0]["content"].strip(), "other") if named else "all"
-        for name in {cat, "all"}:
+        for name in groups(chat, named):
             row = table.setdefault(name, dict.fromkeys(outcome, 0))
             for key, value in outcome.items():
                 row[key] += value
