@@ -36,6 +36,18 @@ def test_cached_forward_equals_full_forward(tiny_target):
     torch.testing.assert_close(rest.hidden, full.hidden[:, 3:], rtol=1e-4, atol=1e-5)
 
 
+def test_a_prefill_may_keep_only_the_last_logits(tiny_target):
+    ids = torch.tensor([[5, 6, 7, 8, 9, 10]])
+    full = tiny_target.forward(ids)
+    last = tiny_target.forward(ids, last_logits=True)
+    assert last.logits.shape == (1, 1, tiny_target.vocab_size)
+    torch.testing.assert_close(last.logits[:, 0], full.logits[:, -1])
+    assert torch.equal(last.hidden, full.hidden)  # every position's features: the draft's
+    step = tiny_target.forward(torch.tensor([[11]]), past=last.past_key_values)
+    ref = tiny_target.forward(torch.tensor([[11]]), past=full.past_key_values)
+    torch.testing.assert_close(step.logits, ref.logits)
+
+
 def test_real_smollm2_target_loads_offline_and_answers():
     target = load_target("smollm2-135m")  # dequantised once, then from the cache
     assert (target.hidden_size, target.vocab_size, target.layers) == (576, 49152, (1, 14, 26))

@@ -22,7 +22,7 @@ import torch
 from draftvocab.core.errors import DraftVocabError
 from draftvocab.engine.lookup import lookup
 from draftvocab.engine.treedraft import draft_tree, draft_tree_sampled
-from draftvocab.engine.verify import DraftNode, sampling_probs, verify
+from draftvocab.engine.verify import DraftNode, greedy, sampling_probs, verify
 
 
 @dataclass
@@ -71,6 +71,8 @@ def _keep_cache(cache, prefix: int, kept: list[int]) -> None:
     cache every step cost ~5 % of decode time on CPU."""
     end = prefix + len(kept)
     moved = kept != list(range(len(kept)))
+    if not moved and all(layer.keys.shape[-2] == end for layer in cache.layers):
+        return  # every node kept: nothing to cut
     idx = torch.tensor(kept, dtype=torch.long) + prefix
     for layer in cache.layers:
         if moved:
@@ -163,7 +165,7 @@ class SpeculativeDecoder:
 
         dev = self.target.device
         t0 = time.perf_counter()
-        out = self.target.forward(torch.tensor([prompt], device=dev))
+        out = self.target.forward(torch.tensor([prompt], device=dev), last_logits=True)
         first = self._pick(out.logits[0, -1])  # int(): waits for the device, so timed right
         res.prefill_seconds = time.perf_counter() - t0
         res.target_seconds += res.prefill_seconds
@@ -272,7 +274,7 @@ class SpeculativeDecoder:
 
     def _pick(self, logits: torch.Tensor) -> int:
         if self._sampling is None:
-            return int(logits.argmax())
+            return greedy(logits)
         temperature, top_p, gen = self._sampling
         probs = sampling_probs(logits, temperature, top_p)
         return int(torch.multinomial(probs.cpu(), 1, generator=gen))
@@ -285,14 +287,21 @@ class SpeculativeDecoder:
         n_prev = 0 if dk is None else dk.shape[2]  # == pending_from: drafting never extends dk
         ids = torch.tensor([tokens[pending_from + 1: pending_from + 1 + m]], device=dev)
         pos = torch.arange(pending_from, pending_from + m, device=dev)[None]
-        mask = torch.ones(m, n_prev + m, dtype=torch.bool, device=dev)
-        mask[:, n_prev:] = torch.ones(m, m, dtype=torch.bool, device=dev).tril()
+        mask = None  # one pair sees every key
+        if m > 1:
+            mask = torch.ones(m, n_prev + m, dtype=torch.bool, device=dev)
+            mask[:, n_prev:] = torch.ones(m, m, dtype=torch.bool, device=dev).tril()
+            mask = mask[None, None]
         hidden = d.fuse(feats[None].to(d.fc.weight.dtype))
-        logits, h, k, v = d.step(hidden, ids, pos, dk, dv, mask[None, None])
+        # only the last pair's logits are drafted from: the LM head over the whole prompt (the
+        # first catch-up) was most of a request's drafting time
+        last = torch.zeros(1, m, dtype=torch.bool, device=dev)
+        last[0, -1] = True
+        logits, h, k, v = d.step(hidden, ids, pos, dk, dv, mask, rows=last)
         self.draft_forwards += 1
         dk = k if dk is None else torch.cat([dk, k], dim=2)
         dv = v if dv is None else torch.cat([dv, v], dim=2)
-        return dk, dv, h[:, -1:], logits[0, -1]
+        return dk, dv, h[:, -1:], logits[-1]
 
     def _draft_chain(self, dk, dv, h_last, logits, n) -> list[DraftNode]:
         """gamma tokens (this round's `_chain`), each the draft's pick given the previous ones

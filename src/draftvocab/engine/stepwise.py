@@ -127,6 +127,20 @@ class Rows:
     moves: list[torch.Tensor | None]
     m0: int  # the first cache slot any row borrows
 
+    @functools.cached_property
+    def groups(self) -> list[tuple[int, list[int]]]:
+        """The prefix rows' shared calls in a slab cache, as (padded length, rows), at most
+        `MAX_ROWS` rows each: the same in every layer, so planned once per forward."""
+        groups: list[tuple[int, list[int]]] = []
+        for r in range(len(self.seen)):
+            if self.moves[r] is not None:
+                continue
+            length = _padded_length(self.seen[r])
+            if not groups or groups[-1][0] != length or len(groups[-1][1]) == MAX_ROWS:
+                groups.append((length, []))
+            groups[-1][1].append(r)
+        return groups
+
 
 def _visible_keys(mask: torch.Tensor) -> Rows:
     rows = mask[0, 0]
@@ -198,20 +212,18 @@ def attention(module, query, key, value, attention_mask, **kwargs):
     # are copied into slots m0.. of the cache tensor itself, so that the row attends over a
     # view of it as a decode step would; the slots are restored after the last row. (Gathering
     # the whole prefix per row instead cost more than the rows' attention on long prompts.)
-    packed = query[0].transpose(0, 1).reshape(q, hkv, h // hkv, d)
+    g = h // hkv
+    packed = query[0].transpose(0, 1).reshape(q, hkv, g, d)
+    groups = rows.groups if wide is not None else []
+    if len(groups) == 1 and len(groups[0][1]) == q:  # a chain: every row in one call
+        got = _rows_call(packed, _widened(wide, groups[0][0]), rows.seen, scale)
+        return got.reshape(hkv, q, g, d).transpose(0, 1).reshape(1, q, h, d), None
     outs: list[torch.Tensor | None] = [None] * q
-    prefix = [r for r in range(q) if rows.moves[r] is None]
-    groups: list[tuple[int, list[int]]] = []  # (padded length, rows); at most MAX_ROWS rows
-    for r in prefix if wide is not None else []:
-        length = _padded_length(rows.seen[r])
-        if not groups or groups[-1][0] != length or len(groups[-1][1]) == MAX_ROWS:
-            groups.append((length, []))
-        groups[-1][1].append(r)
     for length, group in groups:
         # prefix rows are rows 0..p-1 (each sees every row before it), so a group is a slice
         got = _rows_call(packed[group[0]:group[-1] + 1], _widened(wide, length),
                          [rows.seen[r] for r in group], scale)
-        got = got.reshape(hkv, len(group), h // hkv, d)
+        got = got.reshape(hkv, len(group), g, d)
         for j, r in enumerate(group):
             outs[r] = got[:, j]
     tail = None

@@ -24,6 +24,13 @@ class DraftNode:
     q: torch.Tensor | None = None  # draft distribution over draft ids (sampling)
 
 
+def greedy(logits: torch.Tensor) -> int:
+    """The argmax of one row of logits (the first maximum, as `argmax`), 4x faster: on this
+    CPU `argmax` over a 49,152-token bf16 row took 207 us and `max(dim)` 50 us — every
+    decoded token pays it, plain decoding's and a verify's alike."""
+    return int(logits.max(-1).indices)
+
+
 def sampling_probs(logits: torch.Tensor, temperature: float, top_p: float) -> torch.Tensor:
     """The target's sampling distribution: softmax at `temperature`, cut to the top-p nucleus."""
     probs = torch.softmax(logits.float() / temperature, dim=-1)
@@ -69,7 +76,7 @@ def verify(target, nodes: list[DraftNode], pending: int, n: int, cache, sampling
     new, kept, at = [], [], -1  # at = current node (-1: root x_n); its logits row = at + 1
     if sampling is None:
         while True:
-            want = int(logits[at + 1].argmax())
+            want = greedy(logits[at + 1])
             nxt = next((c for c in children.get(at, []) if nodes[c].token == want), None)
             new.append(want)
             if nxt is None:
