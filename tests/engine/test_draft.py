@@ -10,6 +10,7 @@ from safetensors.torch import load_file, save_file
 
 from draftvocab.core.errors import DraftVocabError
 from draftvocab.engine.drafters import DraftConfig, Eagle3Draft, aux_layers, load_draft, save_draft
+from draftvocab.engine.quantize import int8_linear
 from draftvocab.engine.rowforms import few_rows_linear
 from tests.conftest import make_tiny_target
 
@@ -81,8 +82,11 @@ def test_checkpoint_round_trip_in_specforge_format(tiny_target, tmp_path):
         assert torch.equal(loaded.state_dict()[key], value), key
     save_draft(draft, tmp_path / "bf16", dtype=torch.bfloat16)
     assert load_file(str(tmp_path / "bf16" / "model.safetensors"))["fc.weight"].dtype == torch.bfloat16
-    # a loaded draft decodes with the target's few-row products (prepacked bf16 on CPU)
+    # a loaded draft decodes with int8 weights on CPU (quantize.py), or if told not to with
+    # the target's few-row products (prepacked bf16 on CPU)
     bf16 = load_draft(tmp_path / "bf16", tiny_target, dtype=torch.bfloat16)
+    assert bf16.lm_head.forward.__func__ is int8_linear
+    bf16 = load_draft(tmp_path / "bf16", tiny_target, dtype=torch.bfloat16, int8=False)
     assert bf16.lm_head.forward.__func__ is few_rows_linear
     assert bf16.lm_head.weight.dtype == torch.bfloat16
 
