@@ -31,11 +31,12 @@ Steps (under --out, default runs/speedup):
  4. features/       target features of train.jsonl, computed once (`train --cache-features`)
  5. sweep-*/        --sweep-steps steps for each lr x TTT depth; held-out τ picks the best
  6. draft/          the best setting for --steps steps (training.png: acc and τ vs tokens)
- 7. bench/          `draftvocab bench --dtype DTYPE`: plain, draft at fixed γ = 2, as a small
-                    dynamic tree (--tree: depth 2, top-3, 5 nodes), adaptive γ <= 4, each
-                    with lookup rounds too (fixed+lookup, tree+lookup, adaptive+lookup), our
-                    exact prompt lookup without a draft (lookup), transformers' prompt lookup,
-                    interleaved, 3 runs, 95 % CI, per category
+ 7. bench/          `draftvocab bench --dtype DTYPE` (bf16), 128 new tokens: plain, draft at
+                    fixed γ = 1, as a small dynamic tree (--tree: depth 2, top-3, 5 nodes),
+                    adaptive γ <= 4, each with lookup rounds too (fixed+lookup, tree+lookup,
+                    adaptive+lookup), our exact prompt lookup without a draft (lookup),
+                    transformers' prompt lookup and plain generate, interleaved, 3 runs,
+                    95 % CI, per category
  8. ceiling.md/png  per variant the τ 1.25× needs at its measured round cost; for the draft
                     alone, the training tokens a log-linear fit of held-out τ needs to get there
 --continue-from RUN skips 1-5: it trains RUN's draft on, on RUN's data and cached features
@@ -204,17 +205,19 @@ def main() -> None:
     ap.add_argument("--ttts", default="3,5")
     ap.add_argument("--sweep-steps", type=int, default=40)
     ap.add_argument("--steps", type=int, default=400)
-    ap.add_argument("--gamma", type=int, default=2, help="fixed chain length")
+    ap.add_argument("--gamma", type=int, default=1, help="fixed chain length (1: the cheapest "
+                    "round, the best draft-alone setting since the twelfth pass)")
     ap.add_argument("--adaptive-gamma", type=int, default=4, help="longest adaptive chain")
     ap.add_argument("--tree", default="2,3,5", help="DEPTH,TOPK,TOTAL of the tree variant "
                     "(EAGLE-2 dynamic tree, --tree-draft)")
     ap.add_argument("--bench-per-category", type=int, default=2)
     ap.add_argument("--bench-runs", type=int, default=3)
-    ap.add_argument("--lookup-tokens", type=int, default=2,
+    ap.add_argument("--lookup-tokens", type=int, default=3,
                     help="tokens copied per lookup round (fixed+lookup, lookup)")
-    ap.add_argument("--dtype", default="fp32", help="the target's dtype in the bench (fp32; "
-                    "bf16: verify rows bit-identical to one-token steps, see stepwise.py; "
+    ap.add_argument("--dtype", default="bf16", help="the target's dtype in the bench (bf16: "
+                    "verify rows bit-identical to one-token steps, see stepwise.py; fp32; "
                     "which is faster depends on the CPU: bench_dtype_verify.py)")
+    ap.add_argument("--max-new-tokens", type=int, default=128, help="per bench request")
     ap.add_argument("--target-layers", default=None,
                     help="the three target layers the draft reads, e.g. 1,14,29 (`train "
                          "--target-layers`; default EAGLE-3's 1,14,26 for this target)")
@@ -257,8 +260,9 @@ def main() -> None:
               "--lookup", "adaptive+lookup", "--lookup", "lookup",
               "--lookup-tokens", args.lookup_tokens, "--chain", "--gamma", args.gamma,
               "--adaptive-gamma", args.adaptive_gamma,
-              "--peer", "prompt-lookup", "--per-category", args.bench_per_category,
-              "--turns", "1", "--max-new-tokens", "64", "--runs", args.bench_runs,
+              "--peer", "prompt-lookup", "--peer", "hf-generate",
+              "--per-category", args.bench_per_category, "--turns", "1",
+              "--max-new-tokens", args.max_new_tokens, "--runs", args.bench_runs,
               "-o", out / "bench"], out / "bench" / "report.json")
     ceiling(out)
 

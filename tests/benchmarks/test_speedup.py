@@ -92,5 +92,12 @@ def test_continue_from_trains_the_earlier_draft_on_its_data(speedup, tmp_path, m
                      "--cache-features": str(earlier / "features"),
                      "--eval-data": str(earlier / "heldout.jsonl"), "--lr": "1.5e-3",
                      "--ttt-steps": "3", "-o": str(out / "draft"), "--seed": "1"}
-    assert f"fixed={out / 'draft'}" in commands[2]
+    bench = commands[2]
+    assert f"fixed={out / 'draft'}" in bench
+    # by default the setting the README's latest bench measured: bf16, γ = 1, 128 new tokens,
+    # transformers' prompt lookup and plain generate beside ours
+    assert [bench[bench.index(flag) + 1] for flag in ("--dtype", "--gamma", "--max-new-tokens")
+            ] == ["bf16", "1", "128"]
+    assert {"prompt-lookup", "hf-generate"} <= {bench[i + 1] for i, c in enumerate(bench)
+                                                if c == "--peer"}
     assert not (out / "train.jsonl").exists() and not (out / "sweep.jsonl").exists()
