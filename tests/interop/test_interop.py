@@ -27,7 +27,7 @@ def target():
 @pytest.fixture(scope="module")
 def ours(tmp_path_factory, target):
     path = save_draft(random_draft(target, seed=1), tmp_path_factory.mktemp("d") / "ours")
-    return path, load_draft(path, target)
+    return path, load_draft(path, target, int8=False)  # the checkpoint's own weights, exactly
 
 
 def _inputs(target):
@@ -158,7 +158,7 @@ def test_import_reads_checkpoints_saved_by_specforge_and_speculators(tmp_path, t
     model = LlamaForCausalLMEagle3.from_pretrained(str(tmp_path / "sf"), attention_backend="sdpa")
     model.save_pretrained(str(tmp_path / "sf-saved"))
     formats.import_draft(tmp_path / "sf-saved", tmp_path / "a")
-    torch.testing.assert_close(_our_logits(load_draft(tmp_path / "a", target), aux, ids), want)
+    torch.testing.assert_close(_our_logits(load_draft(tmp_path / "a", target, int8=False), aux, ids), want)
 
     target.model.save_pretrained(str(tmp_path / "verifier"))
     formats.export_speculators(path, tmp_path / "vllm", verifier=str(tmp_path / "verifier"))
@@ -167,7 +167,7 @@ def test_import_reads_checkpoints_saved_by_specforge_and_speculators(tmp_path, t
     model.save_pretrained(str(tmp_path / "vllm-saved"))
     summary = formats.import_draft(tmp_path / "vllm-saved", tmp_path / "b")
     assert summary["format"] == "speculators"
-    torch.testing.assert_close(_our_logits(load_draft(tmp_path / "b", target), aux, ids), want)
+    torch.testing.assert_close(_our_logits(load_draft(tmp_path / "b", target, int8=False), aux, ids), want)
 
 
 # --- supervision parity with SpecForge's own preprocessing ----------------------------------

@@ -2,12 +2,12 @@
 
 Why: between two target forwards a draft's weights leave the caches (the target streams ~260 MB
 through them), so each draft forward reads its weights from memory again: SmolLM2's EAGLE-3
-draft at k = 6,862 holds 18 MB in bf16, and its catch-up forward took 2.0 ms, 0.06 of a plain
-step, most of it in its nine products. int8 weights with one scale per output row halve those
-bytes (`torch.ops.aten._weight_int8pack_mm`, the CPU kernel for weight-only int8). A draft
+draft at k = 6,862 holds 17.2 MiB of bf16 Linear weights, and a round's catch-up forward took
+2.23 ms, 0.06 of a plain step. int8 weights with one scale per output row halve those bytes
+(`torch.ops.aten._weight_int8pack_mm`, the CPU kernel for weight-only int8): 1.66 ms. A draft
 need not compute exactly — verification keeps the output the target's own — and it predicted
-as well: on the target's answers to 186 Spec-Bench questions acc@0 0.313 in int8 against 0.312
-in bf16 (`benchmarks/bench_draft_int8.py`).
+as well: on the target's answers to 186 Spec-Bench questions acc@0 0.313 with every product in
+int8, as in fp32 (`benchmarks/bench_draft_int8.py`).
 
 Only inference on CPU in fp32/bf16 takes this path; training, gradients, other devices and
 dtypes keep `rowforms.few_rows_linear`. The int8 copy is made on first use and again whenever
