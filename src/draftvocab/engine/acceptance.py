@@ -73,6 +73,14 @@ def replay(correct: np.ndarray, supervised: np.ndarray) -> tuple[int, int]:
     return tokens, rounds
 
 
+def _drafting_rows(batch) -> torch.Tensor:
+    """Bool [B, T]: the positions the draft drafts from, those whose next token is a reply
+    token."""
+    rows = torch.zeros_like(batch.supervised)
+    rows[:, :-1] = batch.supervised[:, 1:]
+    return rows
+
+
 @torch.no_grad()
 def chain_tau(draft, held: HeldOut, gamma: int = 3) -> dict:
     """τ of chain drafting with γ tokens on the held-out replies, and the teacher-forced top-1
@@ -85,9 +93,7 @@ def chain_tau(draft, held: HeldOut, gamma: int = 3) -> dict:
     hits, counts = np.zeros(gamma), np.zeros(gamma)
     for batch, hidden, argmax in held.batches:
         b, t = batch.ids.shape
-        # the draft only drafts from positions whose next token is a reply token
-        rows = torch.zeros_like(batch.supervised)
-        rows[:, :-1] = batch.supervised[:, 1:]
+        rows = _drafting_rows(batch)
         logits = draft.chain_logits(hidden.to(draft.fc.weight.dtype), batch.ids,
                                     batch.lengths, gamma, [rows] * gamma)
         top = t2d[argmax]  # the target's argmax as a draft id, -1 outside the vocabulary
@@ -126,8 +132,7 @@ def first_token_outcomes(draft, held: HeldOut) -> list[dict]:
     outcomes = []
     for batch, hidden, argmax in held.batches:
         b, t = batch.ids.shape
-        rows = torch.zeros_like(batch.supervised)
-        rows[:, :-1] = batch.supervised[:, 1:]
+        rows = _drafting_rows(batch)
         (logits,) = draft.chain_logits(hidden.to(draft.fc.weight.dtype), batch.ids,
                                        batch.lengths, 1, [rows])
         pick = torch.full((b, t), -2, dtype=torch.long, device=logits.device)

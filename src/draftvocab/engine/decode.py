@@ -313,7 +313,7 @@ class SpeculativeDecoder:
         h = h_last
         for j in range(1, self._chain + 1):
             if self._sampling is None:
-                draft_id = int(logits.argmax())
+                draft_id = greedy(logits)
                 q = None
             else:
                 temperature, _, gen = self._sampling

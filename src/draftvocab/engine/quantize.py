@@ -18,11 +18,10 @@ the weight changes (keyed on its storage and version, as rowforms' packed copy i
 from __future__ import annotations
 
 import os
-import types
 
 import torch
 
-from draftvocab.engine.rowforms import few_rows_linear
+from draftvocab.engine.rowforms import few_rows_linear, patch_linears, weight_copy
 
 DTYPES = (torch.float32, torch.bfloat16)
 # More rows than this (a draft's catch-up over a whole prompt) are compute-bound: the int8
@@ -44,14 +43,11 @@ def quantize(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _int8_weight(layer: torch.nn.Linear, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    w = layer.weight
-    key = (id(w), w.data_ptr(), w._version, dtype)
-    cached = layer.__dict__.get("_draftvocab_int8")
-    if cached is None or cached[0] != key:
+    def make(w):
         q, scales = quantize(w)
-        cached = (key, (q, scales.to(dtype)))
-        layer.__dict__["_draftvocab_int8"] = cached
-    return cached[1]
+        return q, scales.to(dtype)
+
+    return weight_copy(layer, "_draftvocab_int8", make, dtype)
 
 
 def int8_linear(self: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
@@ -69,7 +65,4 @@ def int8_linear(self: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
 
 def int8_linears(model: torch.nn.Module) -> torch.nn.Module:
     """Every plain `nn.Linear` of `model` computes with int8 weights in CPU inference."""
-    for module in model.modules():
-        if type(module) is torch.nn.Linear:
-            module.forward = types.MethodType(int8_linear, module)
-    return model
+    return patch_linears(model, int8_linear)

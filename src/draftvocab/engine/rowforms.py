@@ -80,9 +80,8 @@ def packing(enabled: bool):
 
 
 def _packed_weight(layer: torch.nn.Linear) -> torch.Tensor | None:
-    """oneDNN's prepacked copy of a bf16 CPU weight, or None where it cannot be had. Keyed on
-    the parameter, its storage and its version counter: an optimizer step or `load_state_dict`
-    bumps the version, `.to()` moves the storage, so a changed weight is repacked, never stale."""
+    """oneDNN's prepacked copy of a bf16 CPU weight, or None where it cannot be had; a changed
+    weight is repacked, never stale (`weight_copy`)."""
     if not _packing["enabled"]:
         return None
     if _packing["supported"] is None:
@@ -90,12 +89,20 @@ def _packed_weight(layer: torch.nn.Linear) -> torch.Tensor | None:
                                      and torch.ops.mkldnn._is_mkldnn_bf16_supported())
     if not _packing["supported"]:
         return None
+    return weight_copy(layer, "_draftvocab_packed",
+                       lambda w: torch.ops.mkldnn._reorder_linear_weight(w.detach()))
+
+
+def weight_copy(layer: torch.nn.Linear, name: str, make, *key):
+    """`make(layer.weight)`, kept on the layer under `name` and made again whenever the weight
+    changes: keyed on the parameter, its storage and its version counter (an optimizer step or
+    `load_state_dict` bumps the version, `.to()` moves the storage), plus `key`."""
     w = layer.weight
-    key = (id(w), w.data_ptr(), w._version)
-    cached = layer.__dict__.get("_draftvocab_packed")
-    if cached is None or cached[0] != key:
-        cached = (key, torch.ops.mkldnn._reorder_linear_weight(w.detach()))
-        layer.__dict__["_draftvocab_packed"] = cached
+    full_key = (id(w), w.data_ptr(), w._version, *key)
+    cached = layer.__dict__.get(name)
+    if cached is None or cached[0] != full_key:
+        cached = (full_key, make(w))
+        layer.__dict__[name] = cached
     return cached[1]
 
 
@@ -132,10 +139,10 @@ def few_rows_linear(self: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
     return FORMS[form](self.weight, self.bias, x, rows)
 
 
-def patch_linears(model: torch.nn.Module) -> torch.nn.Module:
-    """Every plain `nn.Linear` of `model` computes with `few_rows_linear` (inference on CPU;
-    anything else is `nn.Linear`'s own path)."""
+def patch_linears(model: torch.nn.Module, forward=few_rows_linear) -> torch.nn.Module:
+    """Every plain `nn.Linear` of `model` computes with `forward` (default `few_rows_linear`:
+    inference on CPU; anything else is `nn.Linear`'s own path)."""
     for module in model.modules():
         if type(module) is torch.nn.Linear:
-            module.forward = types.MethodType(few_rows_linear, module)
+            module.forward = types.MethodType(forward, module)
     return model
