@@ -17,6 +17,10 @@ a step whose output exists is skipped, so a cut run resumes where it stopped.
     python benchmarks/speedup.py --out runs/speedup-11 --continue-from runs/speedup-10 \
         --lrs 1.5e-3 --ttts 3 --steps 3000 --seed 1 --dtype bf16 --lookup-tokens 3
         # the eleventh pass's: the tenth's draft, 3,000 steps more on its data (1 h 53 min)
+    python benchmarks/speedup.py --out runs/speedup-17 --per-category 400 --regen-batch-size 32 \
+        --lrs 3e-3 --ttts 1 --sweep-steps 10 --steps 2400 --dtype bf16 --lookup-tokens 3
+        # the seventeenth pass's: TTT depth 1 for a γ = 1 draft, one session from nothing
+        # (regenerate 40 min, features 17, train 34; Spec-Bench acc@0 0.306)
     python benchmarks/speedup.py --regen-samples 160 --lrs 3e-3 --ttts 3 --sweep-steps 10 \
         --steps 300 --dtype bf16 --lookup-tokens 3    # the third pass's run (53 min here)
     python benchmarks/speedup.py                      # all prompts and the full sweep (~2 h)
