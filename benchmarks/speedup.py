@@ -21,6 +21,10 @@ a step whose output exists is skipped, so a cut run resumes where it stopped.
         --lrs 3e-3 --ttts 1 --sweep-steps 10 --steps 2400 --dtype bf16 --lookup-tokens 3
         # the seventeenth pass's: TTT depth 1 for a γ = 1 draft, one session from nothing
         # (regenerate 40 min, features 17, train 34; Spec-Bench acc@0 0.306)
+    python benchmarks/speedup.py --out runs/speedup-18 --grow-from runs/speedup-17 \
+        --per-category 800 --regen-batch-size 32 --lrs 1.5e-3 --ttts 1 --steps 1500 \
+        --dtype bf16 --lookup-tokens 3
+        # the eighteenth pass's: 1,592 fresh prompts' answers added to the seventeenth's data
     python benchmarks/speedup.py --regen-samples 160 --lrs 3e-3 --ttts 3 --sweep-steps 10 \
         --steps 300 --dtype bf16 --lookup-tokens 3    # the third pass's run (53 min here)
     python benchmarks/speedup.py                      # all prompts and the full sweep (~2 h)
@@ -45,6 +49,11 @@ Steps (under --out, default runs/speedup):
                     alone, the training tokens a log-linear fit of held-out τ needs to get there
 --continue-from RUN skips 1-5: it trains RUN's draft on, on RUN's data and cached features
 (`train --init-from`, a fresh schedule at the first --lrs / --ttts), then runs 7-8.
+--grow-from RUN adds fresh on-policy data to RUN's: the prompts of a larger --per-category
+that RUN did not have (new_prompts.jsonl) are regenerated (new_regen.jsonl); train.jsonl is
+RUN's followed by every new answer, heldout.jsonl is RUN's (its curve stays comparable);
+features copy RUN's cache and compute only the new conversations (`train --reuse-features`);
+no sweep: RUN's draft trains on (`--init-from`) at the first --lrs / --ttts, then 7-8.
 """
 
 from __future__ import annotations
@@ -155,6 +164,35 @@ def split_and_mix(out: Path, sharegpt: int, seed: int) -> None:
           f"conversations ({leaked} left out: they carry a held-out prompt's text)")
 
 
+def grow_data(out: Path, earlier: Path, args) -> None:
+    """Steps 1-3 of --grow-from: the prompts `earlier` lacks, their answers, and the training
+    file `earlier`'s conversations first (so its feature cache is reused), held-out kept."""
+    import shutil
+
+    run([sys.executable, HERE / "onpolicy_prompts.py", "--per-category", args.per_category,
+         "-o", out / "prompts.jsonl"], out / "prompts.jsonl")
+    if not (out / "new_prompts.jsonl").exists():
+        def key(record: dict) -> str:
+            return json.dumps(record["messages"])
+
+        had = {key(r) for r in read_jsonl(earlier / "prompts.jsonl")}
+        fresh = [r for r in read_jsonl(out / "prompts.jsonl") if key(r) not in had]
+        write_jsonl(out / "new_prompts.jsonl", fresh)
+        print(f"# {len(fresh)} prompts {earlier} did not have -> {out / 'new_prompts.jsonl'}")
+    run(DV + ["regenerate", out / "new_prompts.jsonl", "--turns", "first", "--max-new-tokens",
+              "128", "--max-prompt-tokens", "1024", "--batch-size", args.regen_batch_size,
+              "-o", out / "new_regen.jsonl"], out / "train.jsonl")
+    if (out / "train.jsonl").exists():
+        print(f"# done: {out / 'train.jsonl'}")
+        return
+    new = [{"messages": r["messages"]} for r in read_jsonl(out / "new_regen.jsonl")
+           if r.get("generated_tokens")]
+    shutil.copyfile(earlier / "heldout.jsonl", out / "heldout.jsonl")
+    write_jsonl(out / "train.jsonl", read_jsonl(earlier / "train.jsonl") + new)
+    print(f"# train.jsonl: {earlier}'s conversations + {len(new)} new on-policy ones; "
+          f"held-out: {earlier}'s")
+
+
 def make_data(out: Path, args) -> None:
     """Steps 1-3: prompts, the target's answers (resumable), the held-out / training split."""
     run([sys.executable, HERE / "onpolicy_prompts.py", "--per-category", args.per_category,
@@ -228,15 +266,24 @@ def main() -> None:
     ap.add_argument("--continue-from", type=Path, default=None,
                     help="an earlier run's --out: train its draft on (`train --init-from`) on "
                     "its train.jsonl, heldout.jsonl and features; no regenerate, no sweep")
+    ap.add_argument("--grow-from", type=Path, default=None,
+                    help="an earlier run's --out: regenerate the prompts of --per-category it "
+                    "lacks, train its draft on (`--init-from`) on its data + the new answers, "
+                    "reusing its feature cache; no sweep")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
+    if args.grow_from and args.continue_from:
+        ap.error("--grow-from and --continue-from are two ways to go on; pick one")
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
 
     run(DV + ["optimize", "--preset", "smollm2-135m", "-o", args.mapping],
         args.mapping / "draft_vocab.json")
     data = args.continue_from or out
-    if args.continue_from is None:
+    earlier = args.continue_from or args.grow_from
+    if args.grow_from:
+        grow_data(out, args.grow_from, args)
+    elif args.continue_from is None:
         make_data(out, args)
     common = DV + ["train", data / "train.jsonl", "--mapping", args.mapping,
                    "--cache-features", data / "features", "--eval-data", data / "heldout.jsonl",
@@ -244,11 +291,13 @@ def main() -> None:
                    "--eval-gamma", args.gamma, "--seed", args.seed, "--json"]
     if args.target_layers:
         common += ["--target-layers", args.target_layers]
-    if args.continue_from is None:
+    if args.grow_from:
+        common += ["--reuse-features", args.grow_from / "features"]
+    if earlier is None:
         lr, ttt = sweep(out, common, args)
     else:
         lr, ttt = args.lrs.split(",")[0], args.ttts.split(",")[0]
-        common += ["--init-from", args.continue_from / "draft"]
+        common += ["--init-from", earlier / "draft"]
     run(common + ["--lr", lr, "--ttt-steps", ttt, "--max-steps", args.steps,
                   "--eval-every", max(1, args.steps // 10),
                   "--save-every", max(100, args.steps // 5), "-o", out / "draft"],

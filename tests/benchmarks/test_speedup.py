@@ -101,3 +101,59 @@ def test_continue_from_trains_the_earlier_draft_on_its_data(speedup, tmp_path, m
     assert {"prompt-lookup", "hf-generate"} <= {bench[i + 1] for i, c in enumerate(bench)
                                                 if c == "--peer"}
     assert not (out / "train.jsonl").exists() and not (out / "sweep.jsonl").exists()
+
+
+def test_grow_from_regenerates_only_new_prompts_and_reuses_the_earlier_cache(
+        speedup, tmp_path, monkeypatch):
+    """--grow-from: only the prompts the earlier run lacks are regenerated; train.jsonl is the
+    earlier one then the new answers (so its feature cache is reused, `--reuse-features`),
+    held-out is the earlier one; its draft trains on (`--init-from`), no sweep."""
+    earlier, out = tmp_path / "speedup-17", tmp_path / "speedup-18"
+    earlier.mkdir()
+
+    def prompts(*texts):
+        return [{"messages": [_m("user", t), _m("assistant", "-")]} for t in texts]
+
+    speedup.write_jsonl(earlier / "prompts.jsonl", prompts("a?", "b?"))
+    speedup.write_jsonl(earlier / "train.jsonl", [{"messages": [_m("user", "b?"),
+                                                                _m("assistant", "B")]}])
+    speedup.write_jsonl(earlier / "heldout.jsonl", [{"messages": [_m("user", "a?"),
+                                                                  _m("assistant", "A")]}])
+    commands = []
+
+    def fake_run(cmd, done=None):
+        cmd = [str(c) for c in cmd]
+        commands.append(cmd)
+        if cmd[1].endswith("onpolicy_prompts.py"):
+            speedup.write_jsonl(Path(cmd[-1]), prompts("a?", "b?", "c?", "d?"))
+        elif "regenerate" in cmd:
+            asked = speedup.read_jsonl(Path(cmd[cmd.index("regenerate") + 1]))
+            speedup.write_jsonl(Path(cmd[cmd.index("-o") + 1]), [
+                {"generated_tokens": 0 if r["messages"][0]["content"] == "d?" else 1,
+                 "messages": [r["messages"][0], _m("assistant", "new")]} for r in asked])
+
+    monkeypatch.setattr(speedup, "run", fake_run)
+    monkeypatch.setattr(speedup, "ceiling", lambda out: None)
+    monkeypatch.setattr("sys.argv", [
+        "speedup.py", "--out", str(out), "--grow-from", str(earlier), "--per-category", "4",
+        "--lrs", "1.5e-3,3e-3", "--ttts", "1,3", "--steps", "1500"])
+    speedup.main()
+    steps = [c[c.index("-m") + 2] if "-m" in c else Path(c[1]).name for c in commands]
+    assert steps == ["optimize", "onpolicy_prompts.py", "regenerate", "train", "bench"]
+    regen = commands[2]
+    assert regen[regen.index("regenerate") + 1] == str(out / "new_prompts.jsonl")
+    assert [r["messages"][0]["content"] for r in speedup.read_jsonl(
+        out / "new_prompts.jsonl")] == ["c?", "d?"]
+    # the earlier conversations first, then the new answers ("d?" got no answer)
+    assert [r["messages"][0]["content"] for r in speedup.read_jsonl(out / "train.jsonl")] == [
+        "b?", "c?"]
+    assert (out / "heldout.jsonl").read_text() == (earlier / "heldout.jsonl").read_text()
+    train = commands[3]
+    after = {flag: train[train.index(flag) + 1] for flag in (
+        "--init-from", "--cache-features", "--reuse-features", "--eval-data", "--lr",
+        "--ttt-steps")}
+    assert after == {"--init-from": str(earlier / "draft"),
+                     "--cache-features": str(out / "features"),
+                     "--reuse-features": str(earlier / "features"),
+                     "--eval-data": str(out / "heldout.jsonl"), "--lr": "1.5e-3",
+                     "--ttt-steps": "1"}

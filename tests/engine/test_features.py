@@ -116,3 +116,52 @@ def test_cli_train_with_cache_and_heldout(hf_target_dir, data_file, tmp_path):  
     r = CliRunner().invoke(app, [*args, "-o", str(tmp_path / "again")])  # reuses the cache
     assert r.exit_code == 0, r.output
     assert json.loads(r.stdout)["final_loss"] == pytest.approx(summary["final_loss"])
+
+
+def test_grown_data_reuses_the_cache_of_its_first_conversations(
+        target, examples, tmp_path, monkeypatch):  # noqa: F811
+    whole = build_features(target, examples, tmp_path / "whole")
+    first = build_features(target, examples[:2], tmp_path / "first")
+    forwarded: list[int] = []
+    live = target.forward
+
+    def counting(ids, **kw):
+        forwarded.append(ids.shape[0])
+        return live(ids, **kw)
+
+    monkeypatch.setattr(target, "forward", counting)
+    grown = build_features(target, examples, tmp_path / "grown", reuse=tmp_path / "first")
+    assert sum(forwarded) == 2  # only the two new conversations met the target
+    n = int(first.offsets[-1])
+    assert np.array_equal(grown.offsets, whole.offsets)
+    for name in ("hidden", "final", "argmax"):
+        assert np.array_equal(getattr(grown, name)[:n], getattr(first, name))
+        assert np.allclose(getattr(grown, name), getattr(whole, name), atol=2e-3)
+    assert json.loads((tmp_path / "grown" / "features.json").read_text()) == json.loads(
+        (tmp_path / "whole" / "features.json").read_text())  # train opens it as its own
+    forwarded.clear()
+    again = build_features(target, examples, tmp_path / "first", reuse=tmp_path / "first")
+    assert sum(forwarded) == 2 and len(again) == 4  # grown in place
+    assert np.array_equal(np.asarray(again.argmax), np.asarray(grown.argmax))
+
+
+def test_reuse_refuses_a_cache_that_is_not_the_first_conversations(
+        target, examples, tmp_path):  # noqa: F811
+    build_features(target, examples[1:3], tmp_path / "middle")
+    with pytest.raises(DraftVocabError, match="not the first ones of this data"):
+        build_features(target, examples, tmp_path / "out", reuse=tmp_path / "middle")
+    with pytest.raises(DraftVocabError, match="not a feature cache"):
+        build_features(target, examples, tmp_path / "out", reuse=tmp_path / "nowhere")
+    other = make_peaked_target()
+    other.layers = (0, 1, 1)
+    with pytest.raises(DraftVocabError, match="another target"):
+        build_features(other, examples, tmp_path / "out", reuse=tmp_path / "middle")
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_reuse_features_needs_a_cache(hf_target_dir, data_file, tmp_path):  # noqa: F811
+    r = CliRunner().invoke(app, ["train", str(data_file), "--target", str(hf_target_dir),
+                                 "--reuse-features", str(tmp_path / "f"), "-o",
+                                 str(tmp_path / "draft")])
+    assert r.exit_code != 0 and "needs --cache-features" in r.output
+    assert "Traceback" not in r.output and not (tmp_path / "draft").exists()

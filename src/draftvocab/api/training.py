@@ -173,7 +173,8 @@ class TrainRun:
 def train(data: str | Path | None = None, *, target: str = "smollm2-135m",
           mapping: str | Path | None = None, out: str | Path = "draft", config=None,
           max_samples: int | None = None, resume: bool = False,
-          cache_features: str | Path | None = None, eval_data: str | Path | None = None,
+          cache_features: str | Path | None = None,
+          reuse_features: str | Path | None = None, eval_data: str | Path | None = None,
           eval_samples: int = 64, eval_every: int | None = None, eval_gamma: int = 3,
           skip_bad_lines: bool = False, template_kwargs: str | dict | None = None,
           supervise: str = "generated", leading_assistant: str = "drop",
@@ -184,8 +185,9 @@ def train(data: str | Path | None = None, *, target: str = "smollm2-135m",
     """Train a draft (`config`: an `engine.train.TrainConfig`; EAGLE-3 by default, SpecBlock
     with `drafter="specblock"`) on the target's hidden states for `data`, restricted to the
     vocabulary `mapping` (default: the full one), into `out/`. `cache_features` computes the
-    target's features once into that directory; `eval_data` logs held-out chain τ while
-    training. `target_layers`: the three target layers the draft reads (SGLang's and vLLM's
+    target's features once into that directory (`reuse_features`: an earlier cache of the
+    data's first conversations, copied instead of recomputed); `eval_data` logs held-out
+    chain τ while training. `target_layers`: the three target layers the draft reads (SGLang's and vLLM's
     `eagle_aux_hidden_state_layer_ids`, written to its config.json); default EAGLE-3's low,
     middle and high. `init_from`: a finished draft (same drafter and layers; under another
     mapping the LM-head rows of the tokens both keep carry over) to start from instead of a
@@ -212,6 +214,8 @@ def train(data: str | Path | None = None, *, target: str = "smollm2-135m",
     check_output_dir(out)
     if cache_features is not None:
         check_output_dir(Path(cache_features))
+    elif reuse_features is not None:
+        raise DraftVocabError("--reuse-features needs --cache-features (the cache it extends)")
     if eval_samples < 1 or eval_gamma < 1 or (eval_every is not None and eval_every < 1):
         raise DraftVocabError("--eval-samples, --eval-gamma and --eval-every must be >= 1")
     extra_kwargs = parse_template_kwargs(template_kwargs)
@@ -246,7 +250,7 @@ def train(data: str | Path | None = None, *, target: str = "smollm2-135m",
     if cache_features is not None and examples:
         from draftvocab.engine.features import build_features
 
-        features = build_features(model, examples, Path(cache_features),
+        features = build_features(model, examples, Path(cache_features), reuse=reuse_features,
                                   progress=_cumulative("target features", progress))
     if progress is not None:
         progress("training", 0)

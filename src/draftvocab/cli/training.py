@@ -162,6 +162,8 @@ def regenerate_cmd(
              "# continue an interrupted run\n\n"
              "  draftvocab train more.jsonl --mapping run/ --init-from draft/ -o draft-2/ "
              "--lr 1e-4   # fine-tune a finished draft\n\n"
+             "  draftvocab train all.jsonl --mapping run/ --cache-features f-2/ --reuse-features f/ "
+             "-o draft/   # all.jsonl: the conversations cached in f/, then new ones\n\n"
              "  draftvocab train chats.jsonl --target path/to/hf-model -o draft/ --dtype bf16 "
              "--json\n\n"
              "  draftvocab train regen.jsonl --mapping run/ --drafter specblock -o sb/   "
@@ -229,6 +231,10 @@ def train_cmd(
         "--cache-features", help="Compute the target's features once into this directory "
         "(fp16, memory-mapped; reused by later runs on the same data and target) instead of a "
         "target forward every step.")] = None,
+    reuse_features: Annotated[Path | None, typer.Option(
+        "--reuse-features", help="An earlier --cache-features directory of this data's first "
+        "conversations (more answers appended since): copied, only the new ones are computed. "
+        "The same directory as --cache-features grows it in place.")] = None,
     eval_data: Annotated[str | None, typer.Option(
         "--eval-data", help="Held-out conversations the target generated (`regenerate`): "
         "chain τ on them is logged during training and plotted (training.png).")] = None,
@@ -261,6 +267,7 @@ def train_cmd(
     with _TrainProgress(quiet=as_json) as bar:
         run = train(data, target=target, mapping=mapping, out=out, config=config,
                     max_samples=max_samples, resume=resume, cache_features=cache_features,
+                    reuse_features=reuse_features,
                     eval_data=eval_data, eval_samples=eval_samples, eval_every=eval_every,
                     eval_gamma=eval_gamma, skip_bad_lines=skip_bad_lines,
                     template_kwargs=template_kwargs, supervise=supervise,

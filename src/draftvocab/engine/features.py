@@ -11,9 +11,12 @@ storing V logits, so one cache serves every vocabulary), both fp16, and the targ
 (int32, from the full-precision logits). A target whose logits are not `lm_head(state)` (logit
 soft-capping, scaling) is refused when the cache is built. The directory is written atomically
 and keyed by the target, its captured layers and the exact examples; a cache for other data is
-refused rather than overwritten.
+refused rather than overwritten. Data that grew (more regenerated answers appended to the
+training file) reuses an earlier cache of its first conversations (`reuse`): only the new ones
+cost a target forward.
 
     >>> cache = build_features(target, examples, "runs/features")   # or reopen it
+    >>> more = build_features(target, examples + new, "runs/features-2", reuse="runs/features")
     >>> hidden, final, argmax = cache.batch([3, 7], t=256)
 """
 
@@ -116,26 +119,62 @@ def kept_logits(target, final: torch.Tensor, kept: torch.Tensor) -> torch.Tensor
 Progress = Callable[[int, int], None]
 
 
+def _reusable(reuse: str | os.PathLike, identity: dict, examples: Sequence) -> FeatureCache:
+    """The cache at `reuse`, checked to hold this target's features of exactly the first
+    examples (same conversations, same order, same tokens)."""
+    reuse = Path(reuse)
+    try:
+        found = json.loads((reuse / META).read_text())
+    except (OSError, ValueError):
+        raise DraftVocabError(f"--reuse-features {reuse} is not a feature cache") from None
+    count = found.get("count")
+    if found.get("version") != VERSION or found.get("target") != identity["target"]:
+        raise DraftVocabError(f"--reuse-features {reuse} holds another target's features "
+                              "(or other captured layers)")
+    if (not isinstance(count, int) or count > len(examples)
+            or examples_fingerprint(examples[:count]) != found.get("examples")):
+        raise DraftVocabError(
+            f"--reuse-features {reuse} holds features of {count} conversations that are not the "
+            "first ones of this data; append new conversations after the old ones, in order")
+    return open_features(reuse)
+
+
+def _copy_rows(earlier: FeatureCache, out: dict, n: int, chunk: int = 1 << 16) -> None:
+    """The first n rows of every array, from the earlier cache, a chunk at a time (it is
+    memory-mapped and may be larger than memory)."""
+    for name in ARRAYS:
+        src, dst = getattr(earlier, name), out[name]
+        for lo in range(0, n, chunk):
+            hi = min(lo + chunk, n)
+            dst[lo:hi] = src[lo:hi]
+
+
 def build_features(target, examples: Sequence, path: str | os.PathLike, *,
-                   batch_tokens: int = 4096, progress: Progress | None = None) -> FeatureCache:
+                   reuse: str | os.PathLike | None = None, batch_tokens: int = 4096,
+                   progress: Progress | None = None) -> FeatureCache:
     """Open the cache at `path` if it holds these examples' features for this target; else
     compute them (target forwards over length-sorted batches of about `batch_tokens` tokens)
-    and write the cache atomically. A cache of other data or another target is an error."""
+    and write the cache atomically. A cache of other data or another target is an error.
+    `reuse`: an earlier cache (`path` itself: grow it in place) of this target's features of
+    the first examples, copied instead of recomputed."""
     path = Path(path)
     identity = {"version": VERSION, "target": target_identity(target),
                 "examples": examples_fingerprint(examples), "count": len(examples)}
     check_output_dir(path)
+    earlier = _reusable(reuse, identity, examples) if reuse is not None else None
+    grow = earlier is not None and path.resolve() == Path(reuse).resolve()
     if (path / META).is_file():
         try:
             found = json.loads((path / META).read_text())
         except (OSError, ValueError):
             found = None
-        if found != identity:
+        if found == identity:
+            return open_features(path)
+        if not grow:
             raise DraftVocabError(
                 f"{path} holds features of other data or another target; choose another "
                 "--cache-features directory or remove it")
-        return open_features(path)
-    if path.exists() and any(path.iterdir()):
+    elif path.exists() and any(path.iterdir()):
         raise DraftVocabError(f"{path} is not a feature cache and not empty; choose another "
                               "--cache-features directory")
     if not examples:
@@ -150,8 +189,10 @@ def build_features(target, examples: Sequence, path: str | os.PathLike, *,
     captured: dict[str, torch.Tensor] = {}
     hook = head.register_forward_pre_hook(
         lambda _m, args: captured.__setitem__("state", args[0]))
+    first = len(earlier) if earlier is not None else 0
     order = np.argsort(-lengths, kind="stable")
-    done = 0
+    order = order[order >= first]  # the reused examples' rows are copied, not recomputed
+    done = first
     try:
         with atomic_directory(path) as tmp:
             out = {name: np.lib.format.open_memmap(tmp / f"{name}.npy", mode="w+", dtype=dt,
@@ -159,6 +200,10 @@ def build_features(target, examples: Sequence, path: str | os.PathLike, *,
                    for name, dt, shape in (("hidden", np.float16, (n, 3 * h)),
                                            ("final", np.float16, (n, h)),
                                            ("argmax", np.int32, (n,)))}
+            if earlier is not None:
+                _copy_rows(earlier, out, int(offsets[first]))
+                if progress is not None:
+                    progress(done, len(examples))
             checked = False
             start = 0
             while start < len(order):
