@@ -108,20 +108,29 @@ def _first_exchange(messages: list[dict]) -> list[dict] | None:
     return None if reply is None else kept[:reply + 1]
 
 
+def _prompt_key(record: dict) -> str:
+    """What was asked: a record's messages without its assistant turns (a prompts file's
+    placeholder or a regenerated answer)."""
+    return json.dumps([m for m in record["messages"] if m["role"] != "assistant"])
+
+
+def _regenerate(prompts: Path, out: Path, args) -> list:
+    """The `draftvocab regenerate` command every run uses: first turns, 128 new tokens."""
+    return DV + ["regenerate", prompts, "--turns", "first", "--max-new-tokens", "128",
+                 "--max-prompt-tokens", "1024", "--batch-size", args.regen_batch_size,
+                 "-o", out]
+
+
 def reuse_regenerations(out: Path, earlier: Path) -> None:
     """Start regen.jsonl from an earlier run's answers to the same prompts (matched by their
     messages, ids rewritten to this run's prompts file), so `regenerate` writes only the rest:
     a larger --per-category keeps the smaller one's prompts as its first lines."""
     if (out / "regen.jsonl").exists() or (out / "train.jsonl").exists():
         return
-
-    def key(record: dict) -> str:
-        return json.dumps([m for m in record["messages"] if m["role"] != "assistant"])
-
     new_ids: dict[str, list[str]] = {}  # a prompt asked twice (two categories) has two ids
     for i, r in enumerate(read_jsonl(out / "prompts.jsonl"), 1):
-        new_ids.setdefault(key(r), []).append(f"{out / 'prompts.jsonl'}:{i}")
-    old_key = {f"{earlier / 'prompts.jsonl'}:{i}": key(r)
+        new_ids.setdefault(_prompt_key(r), []).append(f"{out / 'prompts.jsonl'}:{i}")
+    old_key = {f"{earlier / 'prompts.jsonl'}:{i}": _prompt_key(r)
                for i, r in enumerate(read_jsonl(earlier / "prompts.jsonl"), 1)}
     reused = []
     for r in read_jsonl(earlier / "regen.jsonl"):
@@ -173,16 +182,12 @@ def grow_data(out: Path, earlier: Path, args) -> None:
     run([sys.executable, HERE / "onpolicy_prompts.py", "--per-category", args.per_category,
          "-o", out / "prompts.jsonl"], out / "prompts.jsonl")
     if not (out / "new_prompts.jsonl").exists():
-        def key(record: dict) -> str:
-            return json.dumps(record["messages"])
-
-        had = {key(r) for r in read_jsonl(earlier / "prompts.jsonl")}
-        fresh = [r for r in read_jsonl(out / "prompts.jsonl") if key(r) not in had]
+        had = {_prompt_key(r) for r in read_jsonl(earlier / "prompts.jsonl")}
+        fresh = [r for r in read_jsonl(out / "prompts.jsonl") if _prompt_key(r) not in had]
         write_jsonl(out / "new_prompts.jsonl", fresh)
         print(f"# {len(fresh)} prompts {earlier} did not have -> {out / 'new_prompts.jsonl'}")
-    run(DV + ["regenerate", out / "new_prompts.jsonl", "--turns", "first", "--max-new-tokens",
-              "128", "--max-prompt-tokens", "1024", "--batch-size", args.regen_batch_size,
-              "-o", out / "new_regen.jsonl"], out / "train.jsonl")
+    run(_regenerate(out / "new_prompts.jsonl", out / "new_regen.jsonl", args),
+        out / "train.jsonl")
     if (out / "train.jsonl").exists():
         print(f"# done: {out / 'train.jsonl'}")
         return
@@ -198,9 +203,7 @@ def make_data(out: Path, args) -> None:
     """Steps 1-3: prompts, the target's answers (resumable), the held-out / training split."""
     run([sys.executable, HERE / "onpolicy_prompts.py", "--per-category", args.per_category,
          "-o", out / "prompts.jsonl"], out / "prompts.jsonl")
-    regen = DV + ["regenerate", out / "prompts.jsonl", "--turns", "first", "--max-new-tokens",
-                  "128", "--max-prompt-tokens", "1024", "--batch-size", args.regen_batch_size,
-                  "-o", out / "regen.jsonl"]
+    regen = _regenerate(out / "prompts.jsonl", out / "regen.jsonl", args)
     if args.regen_samples:
         regen += ["--max-samples", args.regen_samples]
     if args.reuse:

@@ -70,6 +70,11 @@ def test_reuse_takes_earlier_answers_to_the_same_prompts(speedup, tmp_path):
     assert len((out / "regen.jsonl").read_text().splitlines()) == 1
 
 
+def _steps(commands: list[list[str]]) -> list[str]:
+    """Each command's step: the draftvocab subcommand, or the script's name."""
+    return [c[c.index("-m") + 2] if "-m" in c else Path(c[1]).name for c in commands]
+
+
 def test_continue_from_trains_the_earlier_draft_on_its_data(speedup, tmp_path, monkeypatch):
     """--continue-from: no prompts, regenerate or sweep; the draft starts from the earlier one
     (`train --init-from`) on the earlier run's data and feature cache, then the bench."""
@@ -82,7 +87,7 @@ def test_continue_from_trains_the_earlier_draft_on_its_data(speedup, tmp_path, m
         "speedup.py", "--out", str(out), "--continue-from", str(earlier), "--lrs", "1.5e-3,3e-3",
         "--ttts", "3,5", "--steps", "3000", "--seed", "1"])
     speedup.main()
-    steps = [c[c.index("-m") + 2] if "-m" in c else Path(c[1]).name for c in commands]
+    steps = _steps(commands)
     assert steps == ["optimize", "train", "bench"]
     train = commands[1]
     after = {flag: train[train.index(flag) + 1] for flag in (
@@ -138,7 +143,7 @@ def test_grow_from_regenerates_only_new_prompts_and_reuses_the_earlier_cache(
         "speedup.py", "--out", str(out), "--grow-from", str(earlier), "--per-category", "4",
         "--lrs", "1.5e-3,3e-3", "--ttts", "1,3", "--steps", "1500"])
     speedup.main()
-    steps = [c[c.index("-m") + 2] if "-m" in c else Path(c[1]).name for c in commands]
+    steps = _steps(commands)
     assert steps == ["optimize", "onpolicy_prompts.py", "regenerate", "train", "bench"]
     regen = commands[2]
     assert regen[regen.index("regenerate") + 1] == str(out / "new_prompts.jsonl")
