@@ -45,7 +45,8 @@ Steps (under --out, default runs/speedup):
                     adaptive γ <= 4, each with lookup rounds too (fixed+lookup, tree+lookup,
                     adaptive+lookup), our exact prompt lookup without a draft (lookup),
                     transformers' prompt lookup and plain generate, interleaved, 3 runs,
-                    95 % CI, per category
+                    95 % CI, per category (--bench-variants: a subset of ours, e.g.
+                    fixed,fixed+lookup,lookup; plain and the peers always run)
  8. ceiling.md/png  per variant the τ 1.25× needs at its measured round cost; for the draft
                     alone, the training tokens a log-linear fit of held-out τ needs to get there
 --continue-from RUN skips 1-5: it trains RUN's draft on, on RUN's data and cached features
@@ -69,6 +70,10 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 DV = [sys.executable, "-m", "draftvocab"]
+# our bench variants: the draft alone as a fixed chain, a dynamic tree, an adaptive chain, each
+# with lookup rounds too, and our exact prompt lookup without a draft
+VARIANTS = ("fixed", "tree", "tree+lookup", "adaptive", "fixed+lookup", "adaptive+lookup",
+            "lookup")
 
 
 def run(cmd: list[str], done: Path | None = None) -> None:
@@ -256,6 +261,9 @@ def main() -> None:
     ap.add_argument("--adaptive-gamma", type=int, default=4, help="longest adaptive chain")
     ap.add_argument("--tree", default="2,3,5", help="DEPTH,TOPK,TOTAL of the tree variant "
                     "(EAGLE-2 dynamic tree, --tree-draft)")
+    ap.add_argument("--bench-variants", default=",".join(VARIANTS),
+                    help="which of our variants the bench runs beside plain and the peers, "
+                    "comma-separated (the eighteenth pass on: fixed,fixed+lookup,lookup)")
     ap.add_argument("--bench-per-category", type=int, default=2)
     ap.add_argument("--bench-runs", type=int, default=3)
     ap.add_argument("--lookup-tokens", type=int, default=3,
@@ -276,6 +284,10 @@ def main() -> None:
                     "reusing its feature cache; no sweep")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
+    args.bench_variants = args.bench_variants.split(",")
+    if unknown := set(args.bench_variants) - set(VARIANTS):
+        ap.error(f"--bench-variants: unknown {', '.join(sorted(unknown))}; "
+                 f"pick from {', '.join(VARIANTS)}")
     if args.grow_from and args.continue_from:
         ap.error("--grow-from and --continue-from are two ways to go on; pick one")
     out = args.out
@@ -306,22 +318,34 @@ def main() -> None:
                   "--eval-every", max(1, args.steps // 10),
                   "--save-every", max(100, args.steps // 5), "-o", out / "draft"],
         out / "draft" / "train_log.json")
-    draft = out / "draft"
-    depth, topk, total = args.tree.split(",")
-    run(DV + ["bench", "--dtype", args.dtype, "--draft", f"fixed={draft}",
-              "--tree-draft", f"tree={draft}", "--tree-draft", f"tree+lookup={draft}",
-              "--lookup", "tree+lookup", "--depth", depth, "--topk", topk,
-              "--total-tokens", total,
-              "--adaptive-draft", f"adaptive={draft}", "--draft", f"fixed+lookup={draft}",
-              "--adaptive-draft", f"adaptive+lookup={draft}", "--lookup", "fixed+lookup",
-              "--lookup", "adaptive+lookup", "--lookup", "lookup",
-              "--lookup-tokens", args.lookup_tokens, "--chain", "--gamma", args.gamma,
-              "--adaptive-gamma", args.adaptive_gamma,
-              "--peer", "prompt-lookup", "--peer", "hf-generate",
-              "--per-category", args.bench_per_category, "--turns", "1",
-              "--max-new-tokens", args.max_new_tokens, "--runs", args.bench_runs,
-              "-o", out / "bench"], out / "bench" / "report.json")
+    run(bench_command(out / "draft", args) + ["-o", out / "bench"],
+        out / "bench" / "report.json")
     ceiling(out)
+
+
+def bench_command(draft: Path, args) -> list:
+    """`draftvocab bench` for the --bench-variants asked for, with plain decoding and the peers
+    (transformers' prompt lookup and plain generate) always beside them."""
+    cmd = DV + ["bench", "--dtype", args.dtype]
+    for name in args.bench_variants:
+        base = name.removesuffix("+lookup")
+        if base == "fixed":
+            cmd += ["--draft", f"{name}={draft}"]
+        elif base == "tree":
+            cmd += ["--tree-draft", f"{name}={draft}"]
+        elif base == "adaptive":
+            cmd += ["--adaptive-draft", f"{name}={draft}"]
+        if name.endswith("lookup"):
+            cmd += ["--lookup", name]
+    if any(v.startswith("tree") for v in args.bench_variants):
+        depth, topk, total = args.tree.split(",")
+        cmd += ["--depth", depth, "--topk", topk, "--total-tokens", total]
+    if any(v.startswith("adaptive") for v in args.bench_variants):
+        cmd += ["--adaptive-gamma", args.adaptive_gamma]
+    return cmd + ["--lookup-tokens", args.lookup_tokens, "--chain", "--gamma", args.gamma,
+                  "--peer", "prompt-lookup", "--peer", "hf-generate",
+                  "--per-category", args.bench_per_category, "--turns", "1",
+                  "--max-new-tokens", args.max_new_tokens, "--runs", args.bench_runs]
 
 
 def ceiling(out: Path, goal: float = 1.25) -> None:

@@ -162,3 +162,35 @@ def test_grow_from_regenerates_only_new_prompts_and_reuses_the_earlier_cache(
                      "--reuse-features": str(earlier / "features"),
                      "--eval-data": str(out / "heldout.jsonl"), "--lr": "1.5e-3",
                      "--ttt-steps": "1"}
+
+
+def test_bench_variants_picks_ours_and_keeps_plain_and_the_peers(speedup, tmp_path, monkeypatch):
+    """--bench-variants: only the variants asked for reach `bench` (no tree or adaptive flags
+    when none is asked for); the peers always run beside them; an unknown name is refused."""
+    out, commands = tmp_path / "run", []
+    monkeypatch.setattr(speedup, "run", lambda cmd, done=None: commands.append(
+        [str(c) for c in cmd]))
+    monkeypatch.setattr(speedup, "ceiling", lambda out: None)
+    argv = ["speedup.py", "--out", str(out), "--continue-from", str(tmp_path / "earlier")]
+    monkeypatch.setattr("sys.argv", argv + ["--bench-variants", "fixed,fixed+lookup,lookup"])
+    speedup.main()
+    bench = commands[-1]
+    named = [bench[i + 1] for i, c in enumerate(bench)
+             if c in ("--draft", "--tree-draft", "--adaptive-draft")]
+    assert named == [f"fixed={out / 'draft'}", f"fixed+lookup={out / 'draft'}"]
+    assert [bench[i + 1] for i, c in enumerate(bench) if c == "--lookup"] == [
+        "fixed+lookup", "lookup"]
+    assert not {"--depth", "--adaptive-gamma"} & set(bench)
+    assert [bench[i + 1] for i, c in enumerate(bench) if c == "--peer"] == [
+        "prompt-lookup", "hf-generate"]
+
+    commands.clear()  # the default: every variant, tree and adaptive with their settings
+    monkeypatch.setattr("sys.argv", argv)
+    speedup.main()
+    bench = commands[-1]
+    assert sum(c in ("--draft", "--tree-draft", "--adaptive-draft") for c in bench) == 6
+    assert bench[bench.index("--depth") + 1] == "2" and "--adaptive-gamma" in bench
+
+    monkeypatch.setattr("sys.argv", argv + ["--bench-variants", "fixed,medusa"])
+    with pytest.raises(SystemExit):
+        speedup.main()
