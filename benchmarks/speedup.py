@@ -331,15 +331,11 @@ def main() -> None:
 def bench_command(draft: Path, args) -> list:
     """`draftvocab bench` for the --bench-variants asked for, with plain decoding and the peers
     (transformers' prompt lookup and plain generate) always beside them."""
+    flag = {"fixed": "--draft", "tree": "--tree-draft", "adaptive": "--adaptive-draft"}
     cmd = DV + ["bench", "--dtype", args.dtype]
     for name in args.bench_variants:
-        base = name.removesuffix("+lookup")
-        if base == "fixed":
-            cmd += ["--draft", f"{name}={draft}"]
-        elif base == "tree":
-            cmd += ["--tree-draft", f"{name}={draft}"]
-        elif base == "adaptive":
-            cmd += ["--adaptive-draft", f"{name}={draft}"]
+        if option := flag.get(name.removesuffix("+lookup")):  # "lookup" alone has no draft
+            cmd += [option, f"{name}={draft}"]
         if name.endswith("lookup"):
             cmd += ["--lookup", name]
     if any(v.startswith("tree") for v in args.bench_variants):

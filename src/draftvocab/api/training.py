@@ -189,9 +189,9 @@ def train(data: str | Path | None = None, *, target: str = "smollm2-135m",
     data's first conversations, copied instead of recomputed); `eval_data` logs held-out
     chain τ while training. `target_layers`: the three target layers the draft reads
     (SGLang's and vLLM's `eagle_aux_hidden_state_layer_ids`, written to its config.json);
-    default EAGLE-3's low, middle and high. `init_from`: a finished draft (same drafter and layers; under another
-    mapping the LM-head rows of the tokens both keep carry over) to start from instead of a
-    fresh init, with a new optimizer and schedule. `progress`
+    default EAGLE-3's low, middle and high. `init_from`: a finished draft (same drafter and
+    layers; under another mapping the LM-head rows of the tokens both keep carry over) to start
+    from instead of a fresh init, with a new optimizer and schedule. `progress`
     (`api.inputs.Progress`) follows the feature cache in stage "target features", then says
     stage "training" starts; `on_step(step, total, log_entry)` follows each optimizer step
     (loss, per-step accuracy).
