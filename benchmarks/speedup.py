@@ -31,6 +31,11 @@ a step whose output exists is skipped, so a cut run resumes where it stopped.
         --dtype bf16 --lookup-tokens 3 --bench-variants fixed,fixed+lookup,lookup
         # the nineteenth pass's: 1,587 more fresh answers (regenerate 31 min, features 13,
         # train 52, bench 12; Spec-Bench acc@0 0.338, draft alone 1.249x end to end)
+    python benchmarks/speedup.py --out runs/speedup-20 --grow-from runs/speedup-19 \
+        --per-category 1600 --regen-batch-size 32 --lrs 1.5e-3 --ttts 1 --steps 3600 \
+        --dtype bf16 --lookup-tokens 3 --bench-variants fixed,fixed+lookup,lookup
+        # the twentieth pass's: 1,578 more (regenerate 31 min, features 16, train 57,
+        # bench 12; Spec-Bench acc@0 0.342, draft alone 1.249x end to end again)
     python benchmarks/speedup.py --regen-samples 160 --lrs 3e-3 --ttts 3 --sweep-steps 10 \
         --steps 300 --dtype bf16 --lookup-tokens 3    # the third pass's run (53 min here)
     python benchmarks/speedup.py                      # all prompts and the full sweep (~2 h)
