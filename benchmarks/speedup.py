@@ -56,8 +56,10 @@ Steps (under --out, default runs/speedup):
                     transformers' prompt lookup and plain generate, interleaved, 3 runs,
                     95 % CI, per category (--bench-variants: a subset of ours, e.g.
                     fixed,fixed+lookup,lookup; plain and the peers always run)
- 8. ceiling.md/png  per variant the τ 1.25× needs at its measured round cost; for the draft
-                    alone, the training tokens a log-linear fit of held-out τ needs to get there
+ 8. ceiling.md/png  per variant the τ 1.25× and prompt lookup's speed-up need at its measured
+                    round cost; for the draft alone, the training tokens a log-linear fit of
+                    held-out τ needs to get there — inside this pass and across the passes it
+                    grew through (`init_from`) — and the hours that is at this pass's rate
 --continue-from RUN skips 1-5: it trains RUN's draft on, on RUN's data and cached features
 (`train --init-from`, a fresh schedule at the first --lrs / --ttts), then runs 7-8.
 --grow-from RUN adds fresh on-policy data to RUN's: the prompts of a larger --per-category
@@ -353,44 +355,97 @@ def bench_command(draft: Path, args) -> list:
                   "--max-new-tokens", args.max_new_tokens, "--runs", args.bench_runs]
 
 
-def ceiling(out: Path, goal: float = 1.25) -> None:
+def pass_curve(log: dict) -> list[dict]:
+    """Held-out τ at the end of each pass this draft grew through, oldest first, this one last.
+
+    A pass trained `--init-from` an earlier draft starts its log with that draft's held-out τ;
+    the earlier pass's own final τ is the same number only when both were measured on the same
+    held-out answers (`--grow-from` and `--continue-from` keep them), so the chain is followed
+    back through `init_from` for as long as the two agree. Across passes is the curve to
+    extrapolate: inside one warm-restarted pass τ first dips and then climbs steeply back."""
+    curve = [log["eval"][-1]]
+    while (init := log.get("init_from")) is not None:
+        path = Path(init["path"]) / "train_log.json"
+        if not path.exists():
+            break
+        earlier = json.loads(path.read_text())
+        if abs(earlier["eval"][-1]["tau"] - log["eval"][0]["tau"]) > 1e-9:
+            break  # another held-out set: not one curve
+        curve.insert(0, earlier["eval"][-1])
+        log = earlier
+    return curve
+
+
+def ceiling(out: Path, goal: float = 1.25, peer: str = "prompt-lookup") -> None:
     """Where the ceiling is: per variant, τ reached, the cost of a round in plain steps
-    (c = τ / speed-up: a round makes τ tokens in the time of c plain steps) and the τ the
-    goal needs at that cost (goal · c); then held-out τ against training tokens, and for the
-    draft alone how many tokens a log-linear fit of that curve says the needed τ takes
+    (c = τ / speed-up: a round makes τ tokens in the time of c plain steps) and the τ each goal
+    needs at that cost — `goal`× plain decoding, and `peer`'s speed-up when the bench ran it.
+    For the draft alone, how many supervised tokens a log-linear fit of held-out τ says that
+    takes (shifted by the held-out → bench gap), fitted inside this pass and across the passes
+    it grew through, and how long this pass's training rate would need for them
     (ceiling.png: τ needed against τ reached against training tokens)."""
     from draftvocab.analysis.plots import plot_ceiling, tokens_for_tau
+    from draftvocab.core.atomic import atomic_write
 
     report = json.loads((out / "bench" / "report.json").read_text())
     log = json.loads((out / "draft" / "train_log.json").read_text())
-    evals = [e for e in log["eval"] if e["tokens"] > 0][1:]  # the fit: past the first eval
-    lines = [("| variant | τ | speed-up | round cost (plain steps) | τ needed for "
-             f"{goal:g}× | supervised tokens to reach it (log-linear fit of held-out τ, "
-             "shifted by its gap to this τ) |"),
-             "|---|---|---|---|---|---|"]
-    reached, needed = {}, {}
+    overall = report["table"]["overall"]
+    goals = {f"{goal:g}× plain": goal}
+    if peer in overall:
+        goals[f"= {peer} ({overall[peer]['speedup']:.2f}×)"] = overall[peer]["speedup"]
+    evals = [e for e in log["eval"] if e["tokens"] > 0][1:]  # inside the pass: past the first
+    curve = pass_curve(log)
+    trained = log["eval"][-1]["tokens"] - log["eval"][0]["tokens"]
+    rate = trained / sum(s["seconds"] for s in log["steps"]) if log["steps"] else 0.0
+    lines = ["| variant | τ | speed-up | round cost (plain steps) | "
+             + " | ".join(f"τ needed for {g}" for g in goals) + " |",
+             "|---|---|---|---|" + "---|" * len(goals)]
+    draft_rows, reached, needed = [], {}, {}
     for name in report["variants"][1:]:
-        row = report["table"]["overall"][name]
+        row = overall[name]
         tau, speedup = row["accept_length"][0], row["speedup"]
         cost = tau / speedup
-        if name in ("fixed", "adaptive"):  # the draft alone: what the goal is about
-            reached[name], needed[name] = tau, goal * cost
-            # held-out τ runs above Spec-Bench τ (other prompts): shift the target by the gap
-            gap = log["eval"][-1]["tau"] - tau
-            far = tokens_for_tau([e["tokens"] for e in evals], [e["tau"] for e in evals],
-                                 goal * cost + gap)
-            far_text = f"{far:,.3g}" if far else "never (the fit does not rise)"
-        else:
-            far_text = "—"
-        lines.append(f"| {name} | {tau:.2f} | {speedup:.2f}× | {cost:.2f} | {goal * cost:.2f} "
-                     f"| {far_text} |")
-    lines += ["", ("| supervised training tokens | held-out τ (γ = "
-              f"{log['eval'][0]['gamma']}) | held-out acc@0 |"), "|---|---|---|"]
+        lines.append(f"| {name} | {tau:.2f} | {speedup:.2f}× | {cost:.2f} | "
+                     + " | ".join(f"{g * cost:.2f}" for g in goals.values()) + " |")
+        if name not in ("fixed", "adaptive"):  # the draft alone: what the goal is about
+            continue
+        # held-out τ runs above the bench's τ (other prompts): shift the target by the gap
+        gap = log["eval"][-1]["tau"] - tau
+        for label, g in goals.items():
+            key = f"{name}, {label}"
+            needed[key] = g * cost
+            if not reached:
+                reached[key] = tau
+            far, far_text = [], []
+            for points in (evals, curve):
+                t = (tokens_for_tau([e["tokens"] for e in points], [e["tau"] for e in points],
+                                    g * cost + gap) if len(points) >= 3 else None)
+                far.append(t)
+                far_text.append(f"{t:,.3g}" if t else "—" if len(points) < 3
+                                else "never (the fit does not rise)")
+            hours = (f"{(far[1] - curve[-1]['tokens']) / rate / 3600:,.3g} h"
+                     if far[1] and rate and far[1] > curve[-1]["tokens"] else "—")
+            draft_rows.append(f"| {name} | {label} | {g * cost:.2f} | {g * cost + gap:.2f} "
+                              f"(+ {gap:.2f}) | "
+                              f"{far_text[0]} | {far_text[1]} | {hours} |")
+    if draft_rows:
+        lines += ["", ("| draft | goal | τ needed on the bench | on held-out (+ its gap to the "
+                       "bench) | supervised tokens, fit inside this pass | fit across passes | "
+                       f"training for them at this pass's {rate:,.0f} tokens/s |"),
+                  "|---|---|---|---|---|---|---|", *draft_rows]
+    lines += ["", ("| pass (draft) | supervised training tokens | held-out τ (γ = "
+              f"{log['eval'][0]['gamma']}) | held-out acc@0 |"), "|---|---|---|---|"]
+    lines += [f"| {i + 1} | {e['tokens']:,} | {e['tau']:.3f} | {e['acc'][0]:.3f} |"
+              for i, e in enumerate(curve)]
+    lines += ["", ("| this pass: supervised training tokens | held-out τ | held-out acc@0 |"),
+              "|---|---|---|"]
     lines += [f"| {e['tokens']:,} | {e['tau']:.3f} | {e['acc'][0]:.3f} |" for e in log["eval"]]
     text = "\n".join(lines) + "\n"
-    (out / "ceiling.md").write_text(text)
+    atomic_write(out / "ceiling.md", text)
     if needed:
-        plot_ceiling(log["eval"], reached, needed, out / "ceiling.png", fit_from=1)
+        across = len(curve) >= 3
+        plot_ceiling(curve if across else log["eval"], reached, needed, out / "ceiling.png",
+                     fit_from=0 if across else 1)
     print(text)
 
 

@@ -5,6 +5,7 @@ import importlib.util
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "speedup.py"
@@ -194,3 +195,64 @@ def test_bench_variants_picks_ours_and_keeps_plain_and_the_peers(speedup, tmp_pa
     monkeypatch.setattr("sys.argv", argv + ["--bench-variants", "fixed,medusa"])
     with pytest.raises(SystemExit):
         speedup.main()
+
+
+def _train_log(tmp_path, name, taus, tokens, init_from=None):
+    """A draft's train_log.json with held-out evals (τ, tokens) and one step per eval."""
+    evals = [{"step": i, "tokens": t, "tau": tau, "gamma": 1, "acc": [tau - 1.0]}
+             for i, (tau, t) in enumerate(zip(taus, tokens, strict=True))]
+    log = {"eval": evals, "init_from": init_from,
+           "steps": [{"step": i, "seconds": 2.0} for i in range(len(evals))]}
+    draft = tmp_path / name / "draft"
+    draft.mkdir(parents=True)
+    (draft / "train_log.json").write_text(json.dumps(log))
+    return log
+
+
+def test_pass_curve_follows_init_from_while_the_held_out_set_agrees(speedup, tmp_path):
+    def init(name):
+        return {"path": str(tmp_path / name / "draft"), "sha256": "x", "tokens": 0}
+
+    _train_log(tmp_path, "a", [1.0, 1.30], [0, 1e6])
+    _train_log(tmp_path, "b", [1.30, 1.25, 1.35], [1e6, 1.5e6, 2e6], init("a"))
+    c = _train_log(tmp_path, "c", [1.35, 1.38], [2e6, 4e6], init("b"))
+    assert [e["tau"] for e in speedup.pass_curve(c)] == [1.30, 1.35, 1.38]
+    # a pass evaluated on other held-out answers starts at another τ: the chain stops there
+    d = _train_log(tmp_path, "d", [1.40, 1.42], [4e6, 5e6], init("c"))
+    assert [e["tau"] for e in speedup.pass_curve(d)] == [1.42]
+    # an earlier pass whose log is gone ends the chain too
+    e = _train_log(tmp_path, "e", [1.30, 1.31], [1e6, 2e6], init("gone"))
+    assert [x["tau"] for x in speedup.pass_curve(e)] == [1.31]
+
+
+def test_ceiling_gives_the_tau_each_goal_needs_at_the_measured_round_cost(speedup, tmp_path):
+    def init(name):
+        return {"path": str(tmp_path / name / "draft"), "sha256": "x", "tokens": 0}
+
+    _train_log(tmp_path, "a", [1.0, 1.30], [0, 1_000_000])
+    _train_log(tmp_path, "b", [1.30, 1.35], [1_000_000, 2_000_000], init("a"))
+    _train_log(tmp_path, "c", [1.35, 1.33, 1.38], [2_000_000, 3_000_000, 4_000_000], init("b"))
+    row = {"plain": (1.0, 1.0), "fixed": (1.30, 1.20), "prompt-lookup": (1.60, 1.40)}
+    report = {"variants": list(row),
+              "table": {"overall": {k: {"accept_length": [tau, 0.0], "speedup": s}
+                                    for k, (tau, s) in row.items()}}}
+    (tmp_path / "c" / "bench").mkdir()
+    (tmp_path / "c" / "bench" / "report.json").write_text(json.dumps(report))
+    speedup.ceiling(tmp_path / "c")
+    text = (tmp_path / "c" / "ceiling.md").read_text()
+    # round cost 1.30 / 1.20 = 1.083 plain steps: 1.25× needs τ 1.354, prompt lookup's 1.40×
+    # τ 1.517; on held-out those are 0.08 higher (held-out 1.38 against the bench's 1.30)
+    assert "| fixed | 1.30 | 1.20× | 1.08 | 1.35 | 1.52 |" in text
+    assert "| fixed | = prompt-lookup (1.40×) | 1.52 | 1.60 (+ 0.08) |" in text
+    # the three passes' final held-out τ, oldest first
+    assert "| 1 | 1,000,000 | 1.300 |" in text and "| 3 | 4,000,000 | 1.380 |" in text
+    # the fit across passes (1.30, 1.35, 1.38 at 1, 2, 4 M tokens) to held-out τ 1.597, and the
+    # hours for the rest at this pass's 2 M tokens in 3 steps of 2 s
+    b, a = np.polyfit(np.log10([1e6, 2e6, 4e6]), [1.30, 1.35, 1.38], 1)
+    tokens = 10 ** ((1.40 * 1.30 / 1.20 + 0.08 - a) / b)
+    cells = [c.strip() for c in text.split("| fixed | = prompt-lookup")[1].split("\n")[0]
+             .split("|")]
+    assert float(cells[4]) == pytest.approx(tokens, rel=0.01)
+    assert float(cells[5].removesuffix(" h")) == pytest.approx(
+        (tokens - 4e6) / (2e6 / 6) / 3600, rel=0.01)
+    assert (tmp_path / "c" / "ceiling.png").read_bytes().startswith(b"\x89PNG")
