@@ -376,6 +376,13 @@ def pass_curve(log: dict) -> list[dict]:
     return curve
 
 
+def _tokens_text(tokens: float | None) -> str:
+    """A fit's answer: 0.0 when there were too few points to fit, None when it does not rise."""
+    if tokens is None:
+        return "never (the fit does not rise)"
+    return f"{tokens:,.3g}" if tokens else "—"
+
+
 def ceiling(out: Path, goal: float = 1.25, peer: str = "prompt-lookup") -> None:
     """Where the ceiling is: per variant, τ reached, the cost of a round in plain steps
     (c = τ / speed-up: a round makes τ tokens in the time of c plain steps) and the τ each goal
@@ -416,18 +423,15 @@ def ceiling(out: Path, goal: float = 1.25, peer: str = "prompt-lookup") -> None:
             needed[key] = g * cost
             if not reached:
                 reached[key] = tau
-            far, far_text = [], []
-            for points in (evals, curve):
-                t = (tokens_for_tau([e["tokens"] for e in points], [e["tau"] for e in points],
-                                    g * cost + gap) if len(points) >= 3 else None)
-                far.append(t)
-                far_text.append(f"{t:,.3g}" if t else "—" if len(points) < 3
-                                else "never (the fit does not rise)")
-            hours = (f"{(far[1] - curve[-1]['tokens']) / rate / 3600:,.3g} h"
-                     if far[1] and rate and far[1] > curve[-1]["tokens"] else "—")
+            inside, across = (
+                tokens_for_tau([e["tokens"] for e in points], [e["tau"] for e in points],
+                               g * cost + gap) if len(points) >= 3 else 0.0
+                for points in (evals, curve))
+            hours = (f"{(across - curve[-1]['tokens']) / rate / 3600:,.3g} h"
+                     if across and rate and across > curve[-1]["tokens"] else "—")
             draft_rows.append(f"| {name} | {label} | {g * cost:.2f} | {g * cost + gap:.2f} "
-                              f"(+ {gap:.2f}) | "
-                              f"{far_text[0]} | {far_text[1]} | {hours} |")
+                              f"(+ {gap:.2f}) | {_tokens_text(inside)} | "
+                              f"{_tokens_text(across)} | {hours} |")
     if draft_rows:
         lines += ["", ("| draft | goal | τ needed on the bench | on held-out (+ its gap to the "
                        "bench) | supervised tokens, fit inside this pass | fit across passes | "
