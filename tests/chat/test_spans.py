@@ -133,19 +133,27 @@ def test_every_template_supervises_the_answers_and_nothing_of_the_prompt(load_to
     assert "user" not in text and "assistant" not in text
 
 
-def test_template_that_rewrites_content(load_tok):
+@pytest.mark.parametrize("case", ["upper", "lower", "title"])
+@pytest.mark.parametrize("hex_part", ["000000000000", None])
+def test_template_that_rewrites_content(load_tok, monkeypatch, case, hex_part):
+    # The probe's answers ("2 + 2 = 4.") have no letters: only the stand-in content can show
+    # that the template changes case, whatever its random part draws (all digits included).
+    if hex_part is not None:
+        monkeypatch.setattr("secrets.token_hex", lambda n: hex_part)
     tok = load_tok("llama3")
     tok = tok.__class__(tokenizer_object=tok.backend_tokenizer)
-    tok.chat_template = "{% for m in messages %}<{{ m.role }}>{{ m.content | upper }}{% endfor %}"
+    tok.chat_template = ("{% for m in messages %}<{{ m.role }}>{{ m.content | " + case
+                         + " }}{% endfor %}")
     with pytest.raises(DraftVocabError, match="cannot locate assistant spans"):
         ChatSpans(tok, supervise="content")
     # Generated: what the template writes is what the model was trained to write; the turn is
-    # noted because its content does not appear as given.
+    # noted when its content does not appear as given ("Hello" | title is itself).
     sup = ChatSpans(tok).supervise([{"role": "user", "content": "hi"},
                                     {"role": "assistant", "content": "Hello"}])
     chat = sup.chats[0]
-    assert [chat.text[a:b] for a, b in chat.spans] == ["<assistant>HELLO"]
-    assert sup.notes == ("content_not_rendered",)
+    written = getattr(str, case)("Hello")
+    assert [chat.text[a:b] for a, b in chat.spans] == [f"<assistant>{written}"]
+    assert sup.notes == (() if written == "Hello" else ("content_not_rendered",))
 
 
 def test_tokenizer_without_chat_template(load_tok):

@@ -173,7 +173,7 @@ class TemplateSpans:
         key = json.dumps([kwargs, tools is not None], sort_keys=True, default=str)
         if key in self._trailers:
             return self._trailers[key]
-        sentinel = f"DVTAIL{secrets.token_hex(6)}E"
+        sentinel = _sentinel("Tail")
         for probe in ([{"role": "user", "content": "Hi"}], context):
             try:
                 text = self._render([*probe, {"role": "assistant", "content": sentinel}], False,
@@ -228,9 +228,9 @@ class TemplateSpans:
         DeepSeek-R1 opens `<think>` in the prompt but renders none. The renders with two
         sentinel turns (which cannot both begin like this one) part from `full` at the turn's
         own text; the generation prompt's own tail, if `full` has it there, ends the prompt."""
-        nonce = secrets.token_hex(6)
+        head_text = _sentinel("Head")
         head = min(_common_prefix(full, self._render(
-            [*messages[:i], {"role": "assistant", "content": f"{c}DVHEAD{nonce}"}],
+            [*messages[:i], {"role": "assistant", "content": f"{c}{head_text}"}],
             False, tools, kwargs)) for c in "AB")
         if prompt is not None:
             history = self._render(messages[:i], False, tools, kwargs)
@@ -273,8 +273,8 @@ class TemplateSpans:
         """The content rule: assistant content located between template-owned scaffold."""
         assistant = [i for i, m in enumerate(real)
                      if m["role"] == "assistant" and (m.get("content") or not m.get("tool_calls"))]
-        nonce = secrets.token_hex(6)
-        sentinels = [f"DVSPAN{nonce}N{j}E" for j in range(len(assistant))]
+        stem = _sentinel("Span")
+        sentinels = [f"{stem}N{j}e" for j in range(len(assistant))]
         masked = [dict(m) for m in real]
         for j, i in enumerate(assistant):
             masked[i]["content"] = sentinels[j]
@@ -334,6 +334,13 @@ class TemplateSpans:
         if len(found) != len(answers) or not all(a in f for a, f in zip(answers, found)):
             raise DraftVocabError(f"chat template check failed for '{name}': expected the two "
                                   f"probe answers to be supervised, found {found!r}")
+
+
+def _sentinel(kind: str) -> str:
+    """A random stand-in for a message's content. Mixed case around the random hex, so a
+    template that changes case (`| upper`, `| lower`, `| title`) never leaves it intact: with
+    `DVSPAN` + 12 hex digits, one nonce in 280 was all digits and survived `| upper`."""
+    return f"Dv{kind}{secrets.token_hex(6)}x"
 
 
 def _common_prefix(a: str, b: str) -> int:
