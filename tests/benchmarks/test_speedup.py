@@ -198,9 +198,12 @@ def test_bench_variants_picks_ours_and_keeps_plain_and_the_peers(speedup, tmp_pa
 
 
 def _train_log(tmp_path, name, taus, tokens, init_from=None):
-    """A draft's train_log.json with held-out evals (τ, tokens) and one step per eval."""
+    """A draft's train_log.json with held-out evals (τ, tokens) and one step per eval, grown
+    from the draft of run `init_from` when given."""
     evals = [{"step": i, "tokens": t, "tau": tau, "gamma": 1, "acc": [tau - 1.0]}
              for i, (tau, t) in enumerate(zip(taus, tokens, strict=True))]
+    if init_from is not None:
+        init_from = {"path": str(tmp_path / init_from / "draft"), "sha256": "x", "tokens": 0}
     log = {"eval": evals, "init_from": init_from,
            "steps": [{"step": i, "seconds": 2.0} for i in range(len(evals))]}
     draft = tmp_path / name / "draft"
@@ -210,28 +213,22 @@ def _train_log(tmp_path, name, taus, tokens, init_from=None):
 
 
 def test_pass_curve_follows_init_from_while_the_held_out_set_agrees(speedup, tmp_path):
-    def init(name):
-        return {"path": str(tmp_path / name / "draft"), "sha256": "x", "tokens": 0}
-
     _train_log(tmp_path, "a", [1.0, 1.30], [0, 1e6])
-    _train_log(tmp_path, "b", [1.30, 1.25, 1.35], [1e6, 1.5e6, 2e6], init("a"))
-    c = _train_log(tmp_path, "c", [1.35, 1.38], [2e6, 4e6], init("b"))
+    _train_log(tmp_path, "b", [1.30, 1.25, 1.35], [1e6, 1.5e6, 2e6], "a")
+    c = _train_log(tmp_path, "c", [1.35, 1.38], [2e6, 4e6], "b")
     assert [e["tau"] for e in speedup.pass_curve(c)] == [1.30, 1.35, 1.38]
     # a pass evaluated on other held-out answers starts at another τ: the chain stops there
-    d = _train_log(tmp_path, "d", [1.40, 1.42], [4e6, 5e6], init("c"))
+    d = _train_log(tmp_path, "d", [1.40, 1.42], [4e6, 5e6], "c")
     assert [e["tau"] for e in speedup.pass_curve(d)] == [1.42]
     # an earlier pass whose log is gone ends the chain too
-    e = _train_log(tmp_path, "e", [1.30, 1.31], [1e6, 2e6], init("gone"))
+    e = _train_log(tmp_path, "e", [1.30, 1.31], [1e6, 2e6], "gone")
     assert [x["tau"] for x in speedup.pass_curve(e)] == [1.31]
 
 
 def test_ceiling_gives_the_tau_each_goal_needs_at_the_measured_round_cost(speedup, tmp_path):
-    def init(name):
-        return {"path": str(tmp_path / name / "draft"), "sha256": "x", "tokens": 0}
-
     _train_log(tmp_path, "a", [1.0, 1.30], [0, 1_000_000])
-    _train_log(tmp_path, "b", [1.30, 1.35], [1_000_000, 2_000_000], init("a"))
-    _train_log(tmp_path, "c", [1.35, 1.33, 1.38], [2_000_000, 3_000_000, 4_000_000], init("b"))
+    _train_log(tmp_path, "b", [1.30, 1.35], [1_000_000, 2_000_000], "a")
+    _train_log(tmp_path, "c", [1.35, 1.33, 1.38], [2_000_000, 3_000_000, 4_000_000], "b")
     row = {"plain": (1.0, 1.0), "fixed": (1.30, 1.20), "prompt-lookup": (1.60, 1.40)}
     report = {"variants": list(row),
               "table": {"overall": {k: {"accept_length": [tau, 0.0], "speedup": s}
